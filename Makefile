@@ -1,0 +1,55 @@
+# geogate: `make run` starts the proxy on its embedded default, `make test` runs the whole suite.
+# Both create .venv from pyproject.toml when it is missing or older than pyproject.toml.
+
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DB := build/demo-geoip.mmdb
+CONFIG ?= config/geogate.toml
+
+# The newest python3.x (3.11 or later) on PATH.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
+
+.PHONY: run test lint check venv demo-db bench-deps bench-gate clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "geogate needs Python 3.11 or later on PATH" >&2; exit 1; }
+	@# Debian's python3 ships venv and pip as separate packages.
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+		command -v apt-get >/dev/null && apt-get update -qq && \
+		apt-get install -y -qq python3-venv python3-dev gcc >/dev/null; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(DEMO_DB): $(STAMP) config/demo/geoip.csv
+	@mkdir -p build
+	$(BIN)/geogate geoip build config/demo/geoip.csv -o $(DEMO_DB)
+
+demo-db: $(DEMO_DB)
+
+run: $(STAMP) $(DEMO_DB)
+	$(BIN)/python -m proxy run-demo --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests loadtests
+	$(BIN)/mypy
+
+check: $(STAMP) $(DEMO_DB)
+	$(BIN)/geogate check --config $(CONFIG)
+
+bench-gate: $(STAMP)
+	$(BIN)/python loadtests/bench_gate.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Protocol adapters: how each signaling protocol names meetings, joins and leaves."""

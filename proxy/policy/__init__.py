@@ -1,0 +1,1 @@
+"""Pure decision core: regions, restrictions, decisions and the gate. No I/O, no clocks."""
