@@ -1,0 +1,34 @@
+# geogate container: the proxy with its configuration read from a mounted folder.
+#   docker build -t geogate .
+#   docker run -p 8080:8080 -p 8081:8081 -v "$PWD/config:/etc/geogate:ro" geogate
+# Install steps are the Makefile's: a virtualenv, then pip install of this package.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GEOGATE_CONFIG=/etc/geogate/geogate.toml
+
+WORKDIR /opt/geogate
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+COPY loadtests ./loadtests
+RUN python -m venv /opt/geogate/.venv \
+    && /opt/geogate/.venv/bin/pip install -q --upgrade pip \
+    && /opt/geogate/.venv/bin/pip install -q . \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin geogate
+
+# The runnable demo default; mount your own folder over /etc/geogate in production.
+COPY config /etc/geogate
+RUN /opt/geogate/.venv/bin/geogate geoip build /etc/geogate/demo/geoip.csv \
+        -o /etc/geogate/demo-geoip.mmdb \
+    && sed -i 's#^database = "../build/demo-geoip.mmdb"#database = "demo-geoip.mmdb"#' \
+        /etc/geogate/geogate.toml \
+    && sed -i 's#^host = "127.0.0.1"#host = "0.0.0.0"#' /etc/geogate/geogate.toml
+
+USER geogate
+EXPOSE 8080 8081
+ENV PATH=/opt/geogate/.venv/bin:$PATH
+# A HEALTHCHECK on the admin server's /healthz comes with the admin server.
+ENTRYPOINT ["geogate"]
+CMD ["check"]

@@ -1,0 +1,225 @@
+"""Admission: one place where a join becomes a decision, a log record and, if barred, a notice.
+
+Every join and rejoin goes through :meth:`Admission.decide`: it asks the restriction set in force,
+records every decision that names a restriction on the ``proxy.audit`` logger (deny, would-deny,
+and admit-with-dry-run-matches, each with the restriction id, legal basis and authority), and
+remembers denials for ``retry_window`` seconds so that a barred client retrying at once is answered
+from memory. Only denials are reused, and only under the same restriction-set version and the same
+GeoIP result: a remembered answer can never admit anyone the gate would bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+import orjson
+
+from proxy.adapters.base import Join
+from proxy.frames import Opcode, encode_frame
+from proxy.geo import GeoResult
+from proxy.handshake import build_error_response
+from proxy.policy.decision import Decision
+from proxy.policy.gate import RestrictionSet
+from proxy.policy.restrictions import Restriction
+
+__all__ = ["NOTICE_CLOSE_CODE", "Admission", "Denial"]
+
+audit_log = logging.getLogger("proxy.audit")
+
+#: The close code a barred participant receives (after HTTP 451, RFC 7725).
+NOTICE_CLOSE_CODE = 4451
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """What a barred participant is told, prepared once per restriction and meeting.
+
+    Attributes:
+        decision: the decision that barred them.
+        notice: the JSON notice frame (unmasked, to the client).
+        reason: the close reason that goes with close code 4451.
+        http: a complete HTTP 451 response, for refusals before the upgrade.
+    """
+
+    decision: Decision
+    notice: bytes
+    reason: str
+    http: bytes
+
+    @property
+    def restriction(self) -> Restriction:
+        """The restriction that barred the participant."""
+        assert self.decision.denied_by is not None
+        return self.decision.denied_by
+
+
+def _notice_body(decision: Decision) -> dict[str, object]:
+    r = decision.denied_by
+    assert r is not None
+    return {
+        "type": "geogate.denied",
+        "restriction": r.id,
+        "meeting": decision.meeting,
+        "region": str(decision.location),
+        "notice": r.notice or "You cannot join this meeting from your location.",
+        "notice_url": r.notice_url,
+        "authority": r.authority,
+        "legal_basis": r.legal_basis,
+    }
+
+
+def make_denial(decision: Decision) -> Denial:
+    """Build the notice frame, close reason and HTTP 451 response for a denial."""
+    r = decision.denied_by
+    assert r is not None
+    body = _notice_body(decision)
+    notice = encode_frame(Opcode.TEXT, orjson.dumps(body), mask=False)
+    reason = f"location restriction {r.id}"
+    headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+    if r.notice_url:
+        # RFC 7725 section 3: identify who is blocking access.
+        headers.append(("Link", f'<{r.notice_url}>; rel="blocked-by"'))
+    http = build_error_response(451, orjson.dumps(body), headers)
+    return Denial(decision, notice, reason, http)
+
+
+class Admission:
+    """Decides joins against the restriction set in force; the set is swapped on reload.
+
+    Args:
+        restrictions: the restriction set in force.
+        retry_window: seconds a denial is reused for the same address and meeting.
+        cache_size: denials remembered at most (0 disables reuse).
+        clock: wall-clock time (Unix seconds).
+        monotonic: a monotonic clock for the retry window.
+    """
+
+    __slots__ = (
+        "_denials",
+        "_notices",
+        "cache_size",
+        "clock",
+        "counts",
+        "monotonic",
+        "restrictions",
+        "retry_window",
+    )
+
+    def __init__(
+        self,
+        restrictions: RestrictionSet,
+        *,
+        retry_window: float = 2.0,
+        cache_size: int = 65536,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.restrictions = restrictions
+        self.retry_window = retry_window
+        self.cache_size = cache_size
+        self.clock = clock
+        self.monotonic = monotonic
+        self._denials: dict[tuple[object, str], tuple[float, object, GeoResult, Denial]] = {}
+        self._notices: dict[tuple[object, str, str], Denial] = {}
+        #: Decisions by outcome: "admit", "deny", "deny-reused", "would-deny".
+        self.counts: dict[str, int] = {"admit": 0, "deny": 0, "deny-reused": 0, "would-deny": 0}
+
+    def swap(self, restrictions: RestrictionSet) -> None:
+        """Put a new restriction set in force; remembered denials of the old one are dropped."""
+        self.restrictions = restrictions
+        self._denials.clear()
+        self._notices.clear()
+
+    def decide(
+        self,
+        join: Join,
+        address: IPv4Address | IPv6Address,
+        geo: GeoResult,
+        *,
+        peer: str = "",
+    ) -> Denial | None:
+        """Decide a join; None admits it.
+
+        Args:
+            join: the meeting and participant.
+            address: the client address (for exempt networks and the retry window).
+            geo: where the address was placed.
+            peer: the socket peer, for the log.
+
+        Returns:
+            None to admit, or the denial to send.
+        """
+        key = (address, join.meeting)
+        rset = self.restrictions
+        cached = self._denials.get(key)
+        if cached is not None:
+            expires, version, cached_geo, denial = cached
+            if self.monotonic() < expires and version == rset.version and cached_geo == geo:
+                self.counts["deny-reused"] += 1
+                return denial
+            del self._denials[key]
+        decision = rset.decide(join.meeting, geo.location, address, self.clock())
+        if decision.denied_by is None:
+            self.counts["admit"] += 1
+            if decision.matches:
+                self._record("would-deny", decision, join, address, geo, peer)
+                self.counts["would-deny"] += 1
+            return None
+        self.counts["deny"] += 1
+        self._record("deny", decision, join, address, geo, peer)
+        denial = self._denial(decision)
+        if self.cache_size and self.retry_window > 0:
+            if len(self._denials) >= self.cache_size:
+                del self._denials[next(iter(self._denials))]
+            self._denials[key] = (self.monotonic() + self.retry_window, rset.version, geo, denial)
+        return denial
+
+    def _denial(self, decision: Decision) -> Denial:
+        r = decision.denied_by
+        assert r is not None
+        key = (r.id, decision.meeting, str(decision.location))
+        denial = self._notices.get(key)
+        if denial is None or denial.decision.version != decision.version:
+            if len(self._notices) >= 4096:
+                self._notices.clear()
+            denial = self._notices[key] = make_denial(decision)
+        return denial
+
+    def _record(
+        self,
+        event: str,
+        decision: Decision,
+        join: Join,
+        address: IPv4Address | IPv6Address,
+        geo: GeoResult,
+        peer: str,
+    ) -> None:
+        if not audit_log.isEnabledFor(logging.INFO):
+            return
+        for match in decision.matches:
+            r = match.restriction
+            kind = event if match.enforced else "would-deny"
+            if event == "deny" and match.enforced and r is not decision.denied_by:
+                continue  # the one that denied is recorded; others enforced add nothing new
+            audit_log.info(
+                "%s",
+                orjson.dumps({
+                    "event": kind,
+                    "restriction": r.id,
+                    "legal_basis": r.legal_basis,
+                    "authority": r.authority,
+                    "reason": match.reason.value,
+                    "meeting": join.meeting,
+                    "participant": join.participant,
+                    "kind": join.kind.value,
+                    "region": str(geo.location),
+                    "resolved": geo.how.value,
+                    "address": str(address),
+                    "peer": peer,
+                    "version": str(decision.version),
+                }).decode(),
+            )

@@ -1,0 +1,509 @@
+"""The gate: an indexed, immutable set of restrictions that decides who may join which meeting.
+
+A decision must cost a few microseconds however many restrictions there are, so the set is
+indexed once, at construction:
+
+- meeting patterns: exact ids in a dict; globs in a dict keyed by their literal prefix (the text
+  before the first wildcard) with the distinct prefix lengths kept, so finding the globs that may
+  name a meeting costs one dict lookup per distinct length; ``*`` kept apart;
+- per meeting, compiled on first use and memoised (bounded, FIFO): block restrictions keyed by
+  region code, so a location looks up only its country and subdivision; allow-mode restrictions;
+  and those that deny unknown or anonymous locations. In-force windows and exempt networks are
+  checked on those few candidates only.
+
+Re-checks: when the set is replaced or a window opens, open sessions that may have become barred
+must be found without re-deciding every session. ``barred_pairs`` describes who the set bars as
+(meeting pattern, region) pairs; ``newly_barred`` gives the pairs barred now that were not barred
+before. A pair covers exactly the sessions its restriction bars, so a session that became barred
+is covered by a new pair (a superset: re-checking a session that is still fine is harmless).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from proxy.policy.decision import Decision, Match, MatchReason
+from proxy.policy.regions import Location, covered_by, location_keys
+from proxy.policy.restrictions import (
+    Address,
+    Enforcement,
+    Mode,
+    Network,
+    Restriction,
+    Treatment,
+    address_exempt,
+    glob_prefix,
+    is_glob,
+    meeting_matches,
+)
+
+__all__ = [
+    "ANONYMOUS_REGION",
+    "OUTSIDE_ALLOWED_REGION",
+    "UNKNOWN_REGION",
+    "BarredPair",
+    "RestrictionSet",
+]
+
+OUTSIDE_ALLOWED_REGION = "*"
+"""``BarredPair.region`` for an allow-mode restriction: every known region outside ``allowed``."""
+UNKNOWN_REGION = "?unknown"
+"""``BarredPair.region`` for a restriction that denies unknown locations."""
+ANONYMOUS_REGION = "?anonymous"
+"""``BarredPair.region`` for a restriction that denies anonymous-flagged locations."""
+
+_SPECIAL_REGIONS = frozenset({OUTSIDE_ALLOWED_REGION, UNKNOWN_REGION, ANONYMOUS_REGION})
+
+
+def _network_key(network: Network) -> tuple[int, int, int]:
+    return network.version, int(network.network_address), network.prefixlen
+
+
+def _canonical_networks(networks: Iterable[Network]) -> tuple[Network, ...]:
+    return tuple(sorted(set(networks), key=_network_key))
+
+
+@dataclass(frozen=True, slots=True)
+class BarredPair:
+    """Who one enforced (or dry-run) restriction bars, for re-checking open sessions.
+
+    Attributes:
+        meeting: a meeting id, fnmatch pattern or ``"*"``, as the restriction lists it.
+        region: a region code; ``"*"`` (OUTSIDE_ALLOWED_REGION) for every known region outside
+            ``allowed``; ``"?unknown"`` or ``"?anonymous"``.
+        exempt: the restriction's exempt networks (stored sorted and without duplicates).
+        allowed: for ``"*"``, the allow-mode restriction's regions; empty otherwise.
+
+    Raises:
+        ValueError: an empty meeting or region, or ``allowed`` given with another region.
+    """
+
+    meeting: str
+    region: str
+    exempt: tuple[Network, ...] = ()
+    allowed: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.meeting:
+            raise ValueError(f"meeting: {self.meeting!r} must be a non-empty id or pattern")
+        if not self.region:
+            raise ValueError(f"region: {self.region!r} must be a region code, '*' or '?...'")
+        if self.allowed and self.region != OUTSIDE_ALLOWED_REGION:
+            raise ValueError(
+                f"allowed: {sorted(self.allowed)!r} is only meaningful with region '*'"
+            )
+        object.__setattr__(self, "exempt", _canonical_networks(self.exempt))
+
+    def covers(self, meeting: str, location: Location, address: Address | None) -> bool:
+        """Tell whether a session could be barred by this pair (exactly: whether it is).
+
+        Args:
+            meeting: the session's meeting id.
+            location: the session's location.
+            address: the client address; None is never exempt.
+
+        Returns:
+            True when the meeting matches, the address is not exempt and the region applies.
+        """
+        if not meeting_matches(self.meeting, meeting) or address_exempt(address, self.exempt):
+            return False
+        region = self.region
+        if region == OUTSIDE_ALLOWED_REGION:
+            return location.known and not covered_by(location, self.allowed)
+        if region == UNKNOWN_REGION:
+            return not location.known
+        if region == ANONYMOUS_REGION:
+            return location.anonymous
+        return region in location_keys(location)
+
+    def __str__(self) -> str:
+        region = self.region
+        if region == OUTSIDE_ALLOWED_REGION:
+            region = "outside " + ",".join(sorted(self.allowed))
+        exempt = f" except {','.join(map(str, self.exempt))}" if self.exempt else ""
+        return f"{self.meeting} x {region}{exempt}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Candidates:
+    """The restrictions that name one meeting, indexed for ``decide``. Never mutated."""
+
+    by_region: dict[str, tuple[Restriction, ...]]
+    allow: tuple[Restriction, ...]
+    unknown: tuple[Restriction, ...]
+    anonymous: tuple[Restriction, ...]
+
+
+_NO_CANDIDATES = _Candidates({}, (), (), ())
+
+# Longer meeting ids are not memoised (their tables are compiled on each decision).
+_MEMO_KEY_MAX = 256
+
+
+class RestrictionSet:
+    """An immutable, indexed set of restrictions with a version; the gate's decision procedure.
+
+    Args:
+        restrictions: the restrictions, in any order.
+        version: an identifier of this set (config generation, file hash...), copied into every
+            decision and audit record.
+        memo_size: how many meetings' candidate tables to keep (FIFO); 0 disables the memo.
+
+    Raises:
+        ValueError: two restrictions share an id, or the version or memo size is invalid.
+    """
+
+    __slots__ = (
+        "_boundaries",
+        "_by_id",
+        "_every",
+        "_exact",
+        "_globs",
+        "_memo",
+        "_memo_size",
+        "_prefix_lengths",
+        "_restrictions",
+        "_version",
+    )
+
+    _version: int | str
+    _restrictions: tuple[Restriction, ...]
+    _by_id: dict[str, Restriction]
+    _exact: dict[str, tuple[Restriction, ...]]
+    _globs: dict[str, tuple[tuple[str, Restriction], ...]]
+    _prefix_lengths: tuple[int, ...]
+    _every: tuple[Restriction, ...]
+    _boundaries: tuple[float, ...]
+    _memo: dict[str, _Candidates]
+    _memo_size: int
+
+    def __init__(
+        self,
+        restrictions: Iterable[Restriction] = (),
+        version: int | str = 0,
+        *,
+        memo_size: int = 65_536,
+    ) -> None:
+        if isinstance(version, bool) or not isinstance(version, int | str):
+            raise ValueError(f"version: {version!r} must be an int or a str")
+        if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
+            raise ValueError(f"memo_size: {memo_size!r} must be a non-negative int")
+        by_id: dict[str, Restriction] = {}
+        for restriction in restrictions:
+            if not isinstance(restriction, Restriction):
+                raise ValueError(f"restrictions: {restriction!r} is not a Restriction")
+            if restriction.id in by_id:
+                raise ValueError(f"restrictions: duplicate id {restriction.id!r}")
+            by_id[restriction.id] = restriction
+        ordered = tuple(sorted(by_id.values(), key=lambda r: r.id))
+
+        exact: dict[str, list[Restriction]] = {}
+        globs: dict[str, list[tuple[str, Restriction]]] = {}
+        every: list[Restriction] = []
+        for restriction in ordered:
+            for pattern in dict.fromkeys(restriction.meetings):
+                if pattern == "*":
+                    every.append(restriction)
+                elif is_glob(pattern):
+                    globs.setdefault(glob_prefix(pattern), []).append((pattern, restriction))
+                else:
+                    exact.setdefault(pattern, []).append(restriction)
+        boundaries = {
+            bound
+            for restriction in ordered
+            for bound in (restriction.starts_at, restriction.ends_at)
+            if bound is not None
+        }
+
+        init = object.__setattr__
+        init(self, "_version", version)
+        init(self, "_restrictions", ordered)
+        init(self, "_by_id", {r.id: r for r in ordered})
+        init(self, "_exact", {key: tuple(value) for key, value in exact.items()})
+        init(self, "_globs", {key: tuple(value) for key, value in globs.items()})
+        init(self, "_prefix_lengths", tuple(sorted({len(prefix) for prefix in globs})))
+        init(self, "_every", tuple(every))
+        init(self, "_boundaries", tuple(sorted(boundaries)))
+        init(self, "_memo", {})
+        init(self, "_memo_size", memo_size)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"RestrictionSet is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RestrictionSet is immutable (cannot delete {name!r})")
+
+    def __repr__(self) -> str:
+        return f"<RestrictionSet version={self._version!r} restrictions={len(self._restrictions)}>"
+
+    def __len__(self) -> int:
+        return len(self._restrictions)
+
+    def __iter__(self) -> Iterator[Restriction]:
+        return iter(self._restrictions)
+
+    def __contains__(self, restriction_id: object) -> bool:
+        return restriction_id in self._by_id
+
+    @property
+    def version(self) -> int | str:
+        """The version given at construction."""
+        return self._version
+
+    @property
+    def restrictions(self) -> tuple[Restriction, ...]:
+        """Every restriction, sorted by id."""
+        return self._restrictions
+
+    def get(self, restriction_id: str) -> Restriction | None:
+        """The restriction with this id, or None."""
+        return self._by_id.get(restriction_id)
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def decide(
+        self, meeting: str, location: Location, address: Address | None, now: float
+    ) -> Decision:
+        """Decide whether a participant may be in a meeting.
+
+        Args:
+            meeting: the meeting id.
+            location: the participant's location (GeoIP on the real client address).
+            address: the client address, used only for ``exempt``; None is exempt nowhere.
+            now: Unix time in seconds.
+
+        Returns:
+            A Decision listing every restriction in force that bars the participant, sorted by
+            id; ``denied_by`` is the first enforced one, None to admit.
+        """
+        table = self._memo.get(meeting)
+        if table is None:
+            table = self._candidates(meeting)
+        found: dict[str, Match] | None = None
+        country = location.country
+        if country is not None:
+            subdivision = location.subdivision
+            by_region = table.by_region
+            if by_region:
+                hits = by_region.get(country)
+                if hits is not None:
+                    found = _collect(found, hits, MatchReason.REGION, address, now)
+                if subdivision is not None:
+                    hits = by_region.get(subdivision)
+                    if hits is not None:
+                        found = _collect(found, hits, MatchReason.REGION, address, now)
+            if table.allow:
+                outside = tuple(
+                    r
+                    for r in table.allow
+                    if country not in r.regions
+                    and (subdivision is None or subdivision not in r.regions)
+                )
+                if outside:
+                    found = _collect(found, outside, MatchReason.OUTSIDE_ALLOWED, address, now)
+        elif table.unknown:
+            found = _collect(found, table.unknown, MatchReason.UNKNOWN, address, now)
+        if location.anonymous and table.anonymous:
+            found = _collect(found, table.anonymous, MatchReason.ANONYMOUS, address, now)
+        if found is None:
+            return Decision(meeting, location, (), None, self._version)
+        if len(found) == 1:
+            matches = tuple(found.values())
+        else:
+            matches = tuple(found[key] for key in sorted(found))
+        denied_by = next((m.restriction for m in matches if m.enforced), None)
+        return Decision(meeting, location, matches, denied_by, self._version)
+
+    def _candidates(self, meeting: str) -> _Candidates:
+        """Compile (and memoise) the candidate table of one meeting."""
+        named: dict[str, Restriction] = {r.id: r for r in self._exact.get(meeting, ())}
+        length = len(meeting)
+        for prefix_length in self._prefix_lengths:
+            if prefix_length > length:
+                break
+            for pattern, restriction in self._globs.get(meeting[:prefix_length], ()):
+                if restriction.id not in named and fnmatchcase(meeting, pattern):
+                    named[restriction.id] = restriction
+        for restriction in self._every:
+            named[restriction.id] = restriction
+        table = _compile(named.values()) if named else _NO_CANDIDATES
+        memo = self._memo
+        # Meeting ids come from clients: bound the memo's memory as well as its length.
+        if self._memo_size and length <= _MEMO_KEY_MAX:
+            if len(memo) >= self._memo_size:
+                # FIFO: the oldest entry goes; dicts iterate in insertion order.
+                memo.pop(next(iter(memo)), None)
+            memo[meeting] = table
+        return table
+
+    # -- schedule and summary -------------------------------------------------------------------
+
+    def next_boundary(self, now: float) -> float | None:
+        """The earliest ``starts_at`` or ``ends_at`` strictly after ``now``, for a timer.
+
+        Args:
+            now: Unix time in seconds.
+
+        Returns:
+            The Unix time of the next window edge, or None when there is none.
+        """
+        boundaries = self._boundaries
+        index = bisect.bisect_right(boundaries, now)
+        return boundaries[index] if index < len(boundaries) else None
+
+    def in_force(self, now: float) -> tuple[Restriction, ...]:
+        """The restrictions in force at ``now`` (enforced and dry-run), sorted by id."""
+        return tuple(r for r in self._restrictions if r.in_force(now))
+
+    def scheduled(self, now: float) -> tuple[Restriction, ...]:
+        """The restrictions that come into force after ``now``, sorted by id."""
+        return tuple(r for r in self._restrictions if r.starts_at is not None and now < r.starts_at)
+
+    def expired(self, now: float) -> tuple[Restriction, ...]:
+        """The restrictions whose window has ended at ``now``, sorted by id."""
+        return tuple(r for r in self._restrictions if r.ends_at is not None and r.ends_at <= now)
+
+    def dry_run(self) -> tuple[Restriction, ...]:
+        """The dry-run restrictions, sorted by id."""
+        return tuple(r for r in self._restrictions if r.enforcement is Enforcement.DRY_RUN)
+
+    # -- re-checks ------------------------------------------------------------------------------
+
+    def barred_pairs(self, now: float) -> frozenset[BarredPair]:
+        """Who the enforced restrictions in force at ``now`` bar.
+
+        Args:
+            now: Unix time in seconds.
+
+        Returns:
+            One pair per (meeting pattern, region rule) of each such restriction.
+        """
+        return self._pairs(now, Enforcement.ENFORCE)
+
+    def would_bar_pairs(self, now: float) -> frozenset[BarredPair]:
+        """Who the dry-run restrictions in force at ``now`` would bar (see ``barred_pairs``)."""
+        return self._pairs(now, Enforcement.DRY_RUN)
+
+    def newly_barred(
+        self, older: RestrictionSet | None, now: float, older_now: float | None = None
+    ) -> frozenset[BarredPair]:
+        """The pairs barred by this set at ``now`` that ``older`` did not bar at ``older_now``.
+
+        Open sessions covered by one of them must be re-decided; no other session can have
+        become barred. Call ``s.newly_barred(s, now, older_now=previous)`` when a window opens.
+
+        Args:
+            older: the set this one replaces; None means nothing was barred.
+            now: Unix time in seconds for this set.
+            older_now: the time ``older`` was last applied at; defaults to ``now``.
+
+        Returns:
+            The new pairs, minus those an older pair already covered entirely.
+        """
+        current = self.barred_pairs(now)
+        if older is None:
+            return current
+        return _newly(current, older.barred_pairs(now if older_now is None else older_now))
+
+    def newly_would_bar(
+        self, older: RestrictionSet | None, now: float, older_now: float | None = None
+    ) -> frozenset[BarredPair]:
+        """Like ``newly_barred``, for the dry-run restrictions (would-evicts to report)."""
+        current = self.would_bar_pairs(now)
+        if older is None:
+            return current
+        return _newly(current, older.would_bar_pairs(now if older_now is None else older_now))
+
+    def _pairs(self, now: float, enforcement: Enforcement) -> frozenset[BarredPair]:
+        pairs: set[BarredPair] = set()
+        for r in self._restrictions:
+            if r.enforcement is not enforcement or not r.in_force(now):
+                continue
+            exempt = _canonical_networks(r.exempt)
+            for meeting in dict.fromkeys(r.meetings):
+                if r.mode is Mode.BLOCK:
+                    pairs.update(BarredPair(meeting, region, exempt) for region in r.regions)
+                else:
+                    pairs.add(BarredPair(meeting, OUTSIDE_ALLOWED_REGION, exempt, r.regions))
+                if r.unknown is Treatment.DENY:
+                    pairs.add(BarredPair(meeting, UNKNOWN_REGION, exempt))
+                if r.anonymous is Treatment.DENY:
+                    pairs.add(BarredPair(meeting, ANONYMOUS_REGION, exempt))
+        return frozenset(pairs)
+
+
+def _collect(
+    found: dict[str, Match] | None,
+    candidates: tuple[Restriction, ...],
+    reason: MatchReason,
+    address: Address | None,
+    now: float,
+) -> dict[str, Match] | None:
+    """Add the candidates in force whose exempt list spares not ``address``; first reason wins."""
+    for r in candidates:
+        if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
+            if found is None:
+                found = {}
+            if r.id not in found:
+                found[r.id] = Match(r, reason)
+    return found
+
+
+def _compile(named: Iterable[Restriction]) -> _Candidates:
+    """Index the restrictions that name one meeting."""
+    by_region: dict[str, list[Restriction]] = {}
+    allow: list[Restriction] = []
+    unknown: list[Restriction] = []
+    anonymous: list[Restriction] = []
+    for r in named:
+        if r.mode is Mode.BLOCK:
+            for region in r.regions:
+                by_region.setdefault(region, []).append(r)
+        else:
+            allow.append(r)
+        if r.unknown is Treatment.DENY:
+            unknown.append(r)
+        if r.anonymous is Treatment.DENY:
+            anonymous.append(r)
+    return _Candidates(
+        {region: tuple(rs) for region, rs in by_region.items()},
+        tuple(allow),
+        tuple(unknown),
+        tuple(anonymous),
+    )
+
+
+def _newly(
+    current: frozenset[BarredPair], previous: frozenset[BarredPair]
+) -> frozenset[BarredPair]:
+    """The pairs of ``current`` whose sessions ``previous`` did not all bar already.
+
+    A pair is left out when it is in ``previous``, or when a previous pair for the same meeting
+    pattern (or ``*``) and the same region (or the country of a subdivision) bars a superset of
+    its sessions: fewer exempt networks and, for allow mode, fewer allowed regions.
+    """
+    by_key: dict[tuple[str, str], list[BarredPair]] = {}
+    for pair in previous:
+        by_key.setdefault((pair.meeting, pair.region), []).append(pair)
+    fresh = []
+    for pair in current:
+        if pair in previous or _dominated(pair, by_key):
+            continue
+        fresh.append(pair)
+    return frozenset(fresh)
+
+
+def _dominated(pair: BarredPair, by_key: dict[tuple[str, str], list[BarredPair]]) -> bool:
+    regions = [pair.region]
+    if pair.region not in _SPECIAL_REGIONS and "-" in pair.region:
+        regions.append(pair.region.split("-", 1)[0])
+    exempt = set(pair.exempt)
+    for meeting in dict.fromkeys((pair.meeting, "*")):
+        for region in regions:
+            for older in by_key.get((meeting, region), ()):
+                if exempt.issuperset(older.exempt) and older.allowed <= pair.allowed:
+                    return True
+    return False

@@ -1,0 +1,727 @@
+"""The listener: handshakes, the join phase, the upstream connect, and an ordered drain.
+
+Each client connection is a :class:`ClientConnection` protocol until it is admitted; then a
+:class:`~proxy.relay.Relay` takes the transport over. The order of events for one participant:
+
+1. The HTTP upgrade is read and checked (bounded by ``max_header_bytes`` and ``handshake_timeout``).
+   The client address is the socket peer, or the forwarded address when the peer is trusted.
+2. ``url`` adapter: the meeting is in the request, so the decision is made before the upgrade. A
+   barred participant gets HTTP 451 (``denial = "http"``) or an upgrade carrying only the notice and
+   close code 4451; an admitted one is connected upstream first, so the upstream's subprotocol
+   choice is what the client is answered with.
+3. Other adapters: the upgrade is accepted, and the first message must be a join within
+   ``join_timeout``. A barred join gets the notice and 4451; the upstream is never contacted.
+4. Admitted: the upstream leg is opened (``connect_timeout``), the join goes upstream as the client
+   sent it, and the relay takes both transports. An unreachable or failing upstream closes the
+   client with 1014 and a reason.
+
+Shutdown (:meth:`Server.close`): stop accepting; handshakes in flight are answered 503; open
+sessions get 1001 (1012 on restart); after ``drain_timeout`` whatever remains is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from proxy.adapters.base import Adapter, Join
+from proxy.admission import NOTICE_CLOSE_CODE, Admission, Denial
+from proxy.config import Config, DenialStyle, Snapshot
+from proxy.errors import (
+    AddressError,
+    ClientError,
+    HandshakeError,
+    JoinTimeout,
+    PolicyViolation,
+    ProtocolViolation,
+    ShuttingDown,
+    UpstreamUnavailable,
+)
+from proxy.frames import MessageAssembler, Opcode, apply_mask, parse_header
+from proxy.geo import GeoIPSettings, GeoResolver, GeoResult, TrustedNetworks, client_address
+from proxy.handshake import (
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    build_accept_response,
+    build_client_request,
+    build_error_response,
+    new_key,
+    validate_accept,
+    validate_upgrade,
+)
+from proxy.lifecycle import Lifecycle, State
+from proxy.relay import CLOSE_TIMEOUT, Relay, close_frame
+from proxy.sessions import Registry, Session
+
+__all__ = ["ClientConnection", "Server", "ServerState", "UpstreamTarget", "make_adapter"]
+
+log = logging.getLogger("proxy.server")
+
+#: Request headers never copied upstream: the proxy sets its own (RFC 6455 section 4.1).
+_HOP_HEADERS = frozenset({
+    "host", "upgrade", "connection", "content-length", "transfer-encoding", "keep-alive",
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "sec-websocket-accept", "x-forwarded-for", "forwarded",
+    "proxy-connection", "te", "trailer",
+})  # fmt: skip
+
+
+def make_adapter(config: Config) -> Adapter:
+    """The protocol adapter the configuration names."""
+    if config.protocol.adapter == "url":
+        from proxy.adapters.url import UrlAdapter
+
+        return UrlAdapter(config.protocol.url)
+    from proxy.adapters.json import JsonAdapter
+
+    return JsonAdapter(config.protocol.json)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where admitted participants go, parsed once from ``upstream.url``."""
+
+    host: str
+    port: int
+    host_header: str
+    path: str
+    query: str
+    ssl: ssl.SSLContext | None
+
+    @classmethod
+    def from_config(cls, config: Config) -> UpstreamTarget:
+        """Parse the upstream URL and build its TLS context (certificate verification on)."""
+        parts = urlsplit(config.upstream.url)
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
+        assert parts.hostname is not None  # checked by the config loader
+        host_header = parts.netloc.rpartition("@")[2]
+        context = None
+        if secure:
+            ca = config.upstream.ca_file
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        return cls(parts.hostname, port, host_header, parts.path or "/", parts.query, context)
+
+    def target(self, request_target: str, forward_path: bool) -> str:
+        """The upstream request-target for a client's request-target."""
+        path, query = self.path, self.query
+        if forward_path:
+            client_path, _, client_query = request_target.partition("?")
+            path = path.rstrip("/") + client_path if client_path != "/" else path
+            query = "&".join(q for q in (query, client_query) if q)
+        return f"{path}?{query}" if query else path
+
+
+class ServerState:
+    """Everything the connections share: one object, passed around, no globals.
+
+    Attributes:
+        snapshot: the configuration and restrictions in force.
+        geo: the GeoIP resolver.
+        admission: decides joins.
+        registry: admitted sessions by meeting.
+        connections: client connections still in their handshake or join phase.
+        draining: set once shutdown begins; new handshakes get 503.
+    """
+
+    def __init__(self, snapshot: Snapshot, geo: GeoResolver) -> None:
+        self.geo = geo
+        self.registry = Registry()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.closing_code = 1001
+        self.counts: dict[str, int] = {
+            "connections": 0, "handshake-refused": 0, "upstream-failed": 0, "relays-closed": 0,
+        }  # fmt: skip
+        limits = snapshot.config.limits
+        self.admission = Admission(
+            snapshot.restrictions,
+            retry_window=limits.retry_window,
+            cache_size=limits.decision_cache_size,
+        )
+        self.apply(snapshot)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Put a new snapshot in force for new connections and joins."""
+        self.snapshot = snapshot
+        config = snapshot.config
+        self.config = config
+        self.limits = config.limits
+        self.adapter = make_adapter(config)
+        self.trusted = TrustedNetworks(config.client_address.trusted_proxies)
+        self.header = config.client_address.header
+        self.header_name = self.header.value
+        self.upstream = UpstreamTarget.from_config(config)
+        self.admission.swap(snapshot.restrictions)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections in any phase."""
+        return len(self.connections) + len(self.registry)
+
+    def rejoin(self, session: Session, join: Join) -> tuple[bytes, int, str] | None:
+        """Gate a join sent on an admitted connection (the relay's callback)."""
+        denial = self.admission.decide(join, session.address, session.geo, peer=session.peer)
+        if denial is None:
+            if join.meeting != session.meeting:
+                self.registry.move(session, join)
+            else:
+                session.join = join
+            return None
+        log.info("session %d: rejoin into %s barred by %s", session.id, join.meeting,
+                 denial.restriction.id)
+        return denial.notice, NOTICE_CLOSE_CODE, denial.reason
+
+
+class _UpstreamHandshake(asyncio.Protocol):
+    """The upstream leg until its 101 arrives; then the relay takes the transport over."""
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.parser = ResponseParser(max_header_bytes)
+        self.done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.rest = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            self.rest += data  # frames that came before the relay took over
+            return
+        try:
+            response = self.parser.feed(data)
+        except HandshakeError as exc:
+            self.done.set_exception(exc)
+            return
+        if response is not None:
+            self.rest = bytes(self.parser.rest)
+            self.done.set_result(response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(
+                UpstreamUnavailable(f"upstream closed during its handshake ({exc})")
+            )
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection, from the first byte to admission (or refusal)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = asyncio.get_running_loop()
+        self.life = Lifecycle()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.parser: RequestParser | None = None
+        self.request: Request | None = None
+        self.key = ""
+        self.subprotocol: str | None = None
+        self.address: object = None
+        self.geo: GeoResult | None = None
+        self.join: Join | None = None
+        self.buffer = bytearray()  # client bytes after the request, not yet handled
+        self.raw_join: list[bytes] = []  # the join message's frames, as the client sent them
+        self.assembler: MessageAssembler | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.paused = False
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        state.counts["connections"] += 1
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        if state.draining or state.open_connections >= state.limits.max_connections:
+            error = ShuttingDown() if state.draining else UpstreamUnavailable(
+                "connection limit", client_text="too many connections")
+            self._refuse(503, error.client_text)
+            return
+        state.connections.add(self)
+        self.parser = RequestParser(state.limits.max_header_bytes)
+        self._set_timer(state.limits.handshake_timeout, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        stage = self.life.state
+        if stage is State.HANDSHAKE:
+            self._handshake(data)
+        elif stage is State.JOINING:
+            self.buffer += data
+            self._joining()
+        elif stage is State.CONNECTING:
+            self.buffer += data
+            if len(self.buffer) > self.state.limits.write_buffer_bytes and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
+        elif stage in (State.DENYING, State.CLOSING):
+            self.buffer += data
+            self._await_close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        self.state.connections.discard(self)
+        if not self.life.closed:
+            self.life.to(State.CLOSED)
+
+    # ---- handshake -----------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        state = self.state
+        assert self.parser is not None
+        try:
+            request = self.parser.feed(data)
+            if request is None:
+                return
+            self.key = validate_upgrade(request)
+        except HandshakeError as exc:
+            self._refuse(exc.http_status, exc.client_text, getattr(exc, "headers", ()))
+            return
+        if state.draining:
+            self._refuse(503, ShuttingDown.client_text)
+            return
+        self.request = request
+        self.buffer += self.parser.rest
+        self.parser = None
+        try:
+            client = client_address(self.peer, request.get_all(state.header_name) if
+                                    state.trusted else (), state.trusted, state.header)
+        except AddressError as exc:
+            self._refuse(400, "bad client address")
+            log.info("refused %s: %s", self.peer, exc)
+            return
+        self.address = client.address
+        self.geo = state.geo.resolve(client.address)
+        adapter = state.adapter
+        offered = request.subprotocols()
+        if adapter.decides_at_upgrade:
+            try:
+                join = adapter.from_request(request)
+            except PolicyViolation as exc:
+                self._refuse(exc.http_status, exc.client_text)
+                return
+            if join is None:
+                self._refuse(400, "no meeting in the request")
+                return
+            self.join = join
+            denial = state.admission.decide(join, client.address, self.geo, peer=self.peer)
+            if denial is not None:
+                if state.config.protocol.denial is DenialStyle.HTTP:
+                    state.counts["handshake-refused"] += 1
+                    self._write(denial.http)
+                    self._close_transport()
+                else:
+                    self._accept(offered[0] if offered else None)
+                    self._deny(denial)
+                return
+            self.life.to(State.CONNECTING)
+            self._cancel_timer()
+            self._connect(offered)
+            return
+        self._accept(offered[0] if offered else None)
+        self.life.to(State.JOINING)
+        self.assembler = MessageAssembler(state.limits.max_message_bytes)
+        self._set_timer(state.limits.join_timeout, self._join_timeout)
+        if self.buffer:
+            self._joining()
+
+    def _accept(self, subprotocol: str | None) -> None:
+        self.subprotocol = subprotocol
+        self._write(build_accept_response(self.key, subprotocol))
+
+    def _refuse(self, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer the HTTP request with an error and close."""
+        self.state.counts["handshake-refused"] += 1
+        self._write(build_error_response(status, text + "\n", headers))
+        self._close_transport()
+
+    def _handshake_timeout(self) -> None:
+        self._refuse(408, "handshake timeout")
+
+    # ---- join phase ----------------------------------------------------------------------------
+
+    def _joining(self) -> None:
+        """Read client frames until the first message is complete."""
+        buf = self.buffer
+        assembler = self.assembler
+        assert assembler is not None
+        pos = 0
+        try:
+            while True:
+                header = parse_header(buf, pos, True)
+                if header is None:
+                    break
+                if header.opcode < 8:
+                    assembler.check(header)  # too big or out of sequence: refuse before reading
+                end = pos + header.header_len + header.length
+                if end > len(buf):
+                    break
+                payload = apply_mask(bytes(buf[pos + header.header_len : end]), header.mask)  # type: ignore[arg-type]
+                raw = bytes(buf[pos:end])
+                pos = end
+                if header.opcode == Opcode.PING:
+                    self._write(bytes((0x8A, len(payload))) + payload)
+                    continue
+                if header.opcode == Opcode.PONG:
+                    continue
+                if header.opcode == Opcode.CLOSE:
+                    # The client gives up before joining: answer its close and finish.
+                    del buf[:pos]
+                    self._write(bytes((0x88, 0)))
+                    self._close_transport()
+                    return
+                self.raw_join.append(raw)
+                message = assembler.add(header, payload)
+                if message is None:
+                    continue
+                del buf[:pos]
+                join = self.state.adapter.first_message(*message)
+                self._decide_join(join)
+                return
+        except ClientError as exc:
+            log.info("%s: %s", self.peer, exc)
+            self._close(exc.close_code, exc.client_text)
+            return
+        del buf[:pos]
+
+    def _join_timeout(self) -> None:
+        self._close(JoinTimeout.close_code, JoinTimeout.client_text)
+
+    def _decide_join(self, join: Join) -> None:
+        state = self.state
+        self.join = join
+        assert self.geo is not None
+        denial = state.admission.decide(join, self.address, self.geo, peer=self.peer)  # type: ignore[arg-type]
+        if denial is not None:
+            self._deny(denial)
+            return
+        self.life.to(State.CONNECTING)
+        self._cancel_timer()
+        self._connect([self.subprotocol] if self.subprotocol else [])
+
+    # ---- denial and closing --------------------------------------------------------------------
+
+    def _deny(self, denial: Denial) -> None:
+        """Send the notice and close code 4451, then wait for the client's close."""
+        self.life.to(State.DENYING)
+        self._write(denial.notice + close_frame(NOTICE_CLOSE_CODE, denial.reason, mask=False))
+        self._set_timer(CLOSE_TIMEOUT, self._abort)
+        self.buffer.clear()
+
+    def _close(self, code: int, reason: str) -> None:
+        """Close an upgraded connection that is not relayed, with a code and reason."""
+        if self.life.state in (State.CLOSING, State.DENYING, State.CLOSED):
+            return
+        self.life.to(State.CLOSING)
+        self._write(close_frame(code, reason, mask=False))
+        self.buffer.clear()
+        self._set_timer(CLOSE_TIMEOUT, self._abort)
+
+    def _await_close(self) -> None:
+        """After the proxy's close frame: finish when the client's close frame arrives."""
+        buf = self.buffer
+        pos = 0
+        try:
+            while True:
+                header = parse_header(buf, pos, True)
+                if header is None or pos + header.frame_len > len(buf):
+                    break
+                if header.opcode == Opcode.CLOSE:
+                    self._close_transport()
+                    return
+                pos += header.frame_len
+        except ProtocolViolation:
+            self._close_transport()
+            return
+        del buf[:pos]
+        if len(buf) > self.state.limits.max_message_bytes:
+            self._close_transport()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---- upstream ------------------------------------------------------------------------------
+
+    def _connect(self, offer: list[str]) -> None:
+        self.connect_task = self.loop.create_task(self._open_upstream(offer))
+
+    def _upstream_headers(self) -> list[tuple[str, str]]:
+        state = self.state
+        request = self.request
+        assert request is not None
+        wanted = state.config.upstream.pass_headers
+        headers = [
+            (name, value) for name, value in request.headers
+            if name in wanted and name not in _HOP_HEADERS
+        ]
+        # X-Forwarded-For: what a trusted peer told us, then the peer itself.
+        earlier = ", ".join(request.get_all("x-forwarded-for")) if state.trusted.contains(
+            self.address) else ""  # type: ignore[arg-type]
+        headers.append(("X-Forwarded-For", f"{earlier}, {self.peer}" if earlier else self.peer))
+        return headers
+
+    async def _open_upstream(self, offer: list[str]) -> None:
+        state = self.state
+        target = state.upstream
+        timeout = state.config.upstream.connect_timeout
+        request = self.request
+        assert request is not None
+        transport: asyncio.Transport | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                transport, handshake = await self.loop.create_connection(
+                    lambda: _UpstreamHandshake(state.limits.max_header_bytes),
+                    target.host, target.port, ssl=target.ssl,
+                    server_hostname=target.host if target.ssl else None,
+                )
+                key = new_key()
+                transport.write(build_client_request(
+                    target.host_header,
+                    target.target(request.target, state.config.upstream.forward_path),
+                    key, offer, self._upstream_headers(),
+                ))
+                response = await handshake.done
+                chosen = validate_accept(response, key, offer)
+        except asyncio.CancelledError:
+            if transport is not None:
+                transport.abort()
+            raise
+        except (OSError, TimeoutError, ClientError, ValueError) as exc:
+            if transport is not None:
+                transport.abort()
+            self._upstream_failed(f"{type(exc).__name__}: {exc}")
+            return
+        if self.life.state is not State.CONNECTING or self.transport is None or \
+                self.transport.is_closing():
+            transport.abort()
+            return
+        if state.adapter.decides_at_upgrade:
+            self._accept(chosen)
+        elif chosen != self.subprotocol:
+            transport.abort()
+            self._upstream_failed(f"upstream chose subprotocol {chosen!r}, "
+                                  f"the client was given {self.subprotocol!r}")
+            return
+        self._start_relay(transport, handshake.rest)
+
+    def _upstream_failed(self, detail: str) -> None:
+        self.state.counts["upstream-failed"] += 1
+        log.warning("%s: signaling server unavailable: %s", self.peer, detail)
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.state.adapter.decides_at_upgrade and self.subprotocol is None and \
+                self.life.state is State.CONNECTING:
+            offered = self.request.subprotocols() if self.request else []
+            self._accept(offered[0] if offered else None)
+        self._close(UpstreamUnavailable.close_code, UpstreamUnavailable.client_text)
+
+    def _start_relay(self, upstream: asyncio.Transport, upstream_rest: bytes) -> None:
+        state = self.state
+        client = self.transport
+        assert client is not None and self.join is not None and self.geo is not None
+        limits = state.limits
+        session = Session(self.join, self.address, self.peer, self.geo, time.time())  # type: ignore[arg-type]
+        self.life.to(State.RELAYING)
+        state.connections.discard(self)
+        state.registry.add(session)
+        relay = Relay(
+            session, state.adapter, client, upstream,
+            gate=state.rejoin, on_close=self._relay_closed,
+            max_message=limits.max_message_bytes, write_buffer=limits.write_buffer_bytes,
+            idle_timeout=limits.idle_timeout, inspect=not state.adapter.decides_at_upgrade,
+        )
+        if self.raw_join:
+            upstream.write(b"".join(self.raw_join))
+            self.raw_join = []
+        rest = bytes(self.buffer)
+        self.buffer = bytearray()
+        if self.paused:
+            client.resume_reading()
+        relay.start(rest, upstream_rest)
+
+    def _relay_closed(self, relay: Relay) -> None:
+        self.state.registry.remove(relay.session)
+        self.state.counts["relays-closed"] += 1
+
+    # ---- small helpers -------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close_transport(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+        self.state.connections.discard(self)
+
+    def _set_timer(self, delay: float, callback: object) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(delay, callback)  # type: ignore[arg-type]
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def drain(self) -> None:
+        """Shutdown: refuse a handshake in flight, close an upgraded connection with 1001."""
+        if self.life.state is State.HANDSHAKE:
+            self._refuse(503, ShuttingDown.client_text)
+        elif self.life.state in (State.JOINING, State.CONNECTING):
+            if self.connect_task is not None:
+                self.connect_task.cancel()
+            if self.life.state is State.CONNECTING and self.state.adapter.decides_at_upgrade:
+                self._refuse(503, ShuttingDown.client_text)
+            else:
+                self._close(self.state.closing_code, ShuttingDown.client_text)
+
+
+class Server:
+    """The proxy: a listener plus the shared state.
+
+    Args:
+        snapshot: the configuration and restrictions to start with.
+        geo: an open resolver; by default one is opened from the configuration.
+    """
+
+    def __init__(self, snapshot: Snapshot, geo: GeoResolver | None = None) -> None:
+        config = snapshot.config
+        if geo is None:
+            geo = GeoResolver(GeoIPSettings(
+                database=config.geoip.database,
+                anonymous_database=config.geoip.anonymous_database,
+                overrides=config.geoip.overrides(),
+                cache_size=config.geoip.cache_size,
+                lookup_private=config.geoip.lookup_private,
+            ))
+        self.state = ServerState(snapshot, geo)
+        self._server: asyncio.Server | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_seen: tuple[float, float] | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the listener is bound to (after :meth:`start`)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The proxy's ws:// (or wss://) URL."""
+        listen = self.state.config.listen
+        scheme = "wss" if self._ssl else "ws"
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def _tls(self) -> ssl.SSLContext | None:
+        listen = self.state.config.listen
+        if listen.tls_cert is None or listen.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(listen.tls_cert, listen.tls_key)
+        self._ssl_seen = _mtimes(listen.tls_cert, listen.tls_key)
+        return context
+
+    async def start(self) -> None:
+        """Bind the listener and start watching files that can change under it."""
+        listen = self.state.config.listen
+        loop = asyncio.get_running_loop()
+        self._ssl = self._tls()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self.state), listen.host, listen.port,
+            backlog=listen.backlog, ssl=self._ssl, reuse_address=True,
+        )
+        self._watch = loop.create_task(self._watch_files())
+        log.info("geogate listening on %s, upstream %s", self.url, self.state.config.upstream.url)
+
+    async def _watch_files(self) -> None:
+        interval = self.state.config.geoip.watch_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.check_files()
+
+    def check_files(self) -> None:
+        """Reload changed GeoIP databases and TLS files (a bad file leaves the old in service)."""
+        for result in self.state.geo.check_for_changes():
+            if result.ok:
+                log.info("GeoIP database %s reloaded (built %s)", result.path, result.build_epoch)
+            else:
+                log.error("GeoIP database %s not reloaded: %s", result.path, result.error)
+        listen = self.state.config.listen
+        if self._ssl is not None and listen.tls_cert and listen.tls_key:
+            seen = _mtimes(listen.tls_cert, listen.tls_key)
+            if seen != self._ssl_seen:
+                try:
+                    # New handshakes use the reloaded chain; open connections keep theirs.
+                    self._ssl.load_cert_chain(listen.tls_cert, listen.tls_key)
+                    self._ssl_seen = seen
+                    log.info("TLS certificate reloaded from %s", listen.tls_cert)
+                except (OSError, ssl.SSLError) as exc:
+                    log.error("TLS certificate not reloaded, keeping the old one: %s", exc)
+
+    async def close(self, *, drain_timeout: float = 5.0, restart: bool = False) -> None:
+        """Stop accepting, close every connection in order, and release the resolver.
+
+        Args:
+            drain_timeout: seconds to wait for closing handshakes before aborting the rest.
+            restart: close sessions with 1012 (service restart) instead of 1001 (going away).
+        """
+        state = self.state
+        state.draining = True
+        state.closing_code = 1012 if restart else 1001
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._server is not None:
+            self._server.close()
+        for connection in list(state.connections):
+            connection.drain()
+        for session in list(state.registry):
+            if session.close is not None:
+                session.close(state.closing_code, "proxy shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while state.open_connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(state.connections):
+            connection._abort()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
+        state.geo.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close(drain_timeout=1.0)
+
+
+def _mtimes(*paths: Path) -> tuple[float, float]:
+    try:
+        a, b = (p.stat().st_mtime_ns for p in paths)
+        return (a, b)
+    except OSError:
+        return (0, 0)

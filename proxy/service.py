@@ -1,0 +1,108 @@
+"""Running the proxy as a process: event loop, signals, logging, the demo bundle.
+
+``geogate serve`` runs :func:`serve`; ``make run`` runs it with the demo meeting server in the same
+event loop. SIGTERM and SIGINT start an ordered shutdown (see :meth:`proxy.server.Server.close`); a
+second signal cancels it and the process exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.config import Snapshot
+from proxy.server import Server
+
+__all__ = ["configure_logging", "loop_factory", "run", "serve"]
+
+log = logging.getLogger("proxy.service")
+
+
+def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
+    """Log to standard error: one line per record, JSON lines with ``json``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json:
+        handler.setFormatter(logging.Formatter(
+            '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+            '"message":%(message)r}'))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop factory when uvloop is installed, else None (asyncio's default)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+async def serve(
+    snapshot: Snapshot,
+    *,
+    demo_upstream: bool = False,
+    ready: Callable[[Server], None] | None = None,
+) -> None:
+    """Run the proxy until SIGTERM or SIGINT, then shut down in order.
+
+    Args:
+        snapshot: the configuration and restrictions.
+        demo_upstream: also run the demo meeting server at the configured upstream address.
+        ready: called once the listener is bound.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("shutting down (a second signal exits at once)")
+            stop.set()
+        elif task is not None:
+            task.cancel()
+
+    task = asyncio.current_task()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    demo = None
+    try:
+        if demo_upstream:
+            from proxy.demo_upstream import DemoUpstream
+
+            parts = urlsplit(snapshot.config.upstream.url)
+            demo = DemoUpstream(parts.hostname or "127.0.0.1", parts.port or 80,
+                                record_events=False)
+            await demo.start()
+            log.info("demo meeting server listening on %s", demo.url)
+        server = Server(snapshot)
+        await server.start()
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+        await server.close(drain_timeout=5.0)
+    finally:
+        if demo is not None:
+            await demo.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine on uvloop (when installed); a forced stop ends quietly."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner, contextlib.suppress(
+        asyncio.CancelledError
+    ):
+        runner.run(main)

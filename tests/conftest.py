@@ -1,0 +1,34 @@
+"""Shared fixtures: the demo GeoIP database, the demo meeting server, proxies on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from proxy.demo_upstream import DemoUpstream
+from tests.helpers.proxy import ProxyFactory, demo_database
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo GeoIP database, built once from config/demo/geoip.csv."""
+    return demo_database(tmp_path_factory.mktemp("geoip"))
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[DemoUpstream]:
+    """A demo meeting server on a free loopback port."""
+    async with DemoUpstream("127.0.0.1", 0) as server:
+        yield server
+
+
+@pytest.fixture
+async def proxies(tmp_path: Path, demo_db: Path) -> AsyncIterator[ProxyFactory]:
+    """Starts proxies on free ports; every one is closed when the test ends."""
+    factory = ProxyFactory(tmp_path, demo_db)
+    try:
+        yield factory
+    finally:
+        await factory.close()
