@@ -159,6 +159,9 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         resolver.close()
     print(f"address   {client.address} (from {client.via}; peer {client.peer})", file=out)
+    if args.forwarded_for and client.via == "peer":
+        print("          (the forwarded header was ignored: the peer is not a trusted proxy)",
+              file=out)
     network = f", network {result.network}" if result.network else ""
     print(f"region    {result.location} ({result.how}{network})", file=out)
     now = time.time()

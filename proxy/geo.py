@@ -208,10 +208,13 @@ class ClientAddress:
     peer: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.address, IPv4Address | IPv6Address):
-            raise ValueError(f"address {self.address!r} is not an IPv4Address or IPv6Address")
-        if self.via not in _VIA:
-            raise ValueError(f"via {self.via!r}; expected one of {sorted(_VIA)}")
+        # Built on every join, almost always by client_address() from a parsed address: the
+        # check is one type test, the rest of validity comes from the parser.
+        if self.via not in _VIA or not isinstance(self.address, IPv4Address | IPv6Address):
+            raise ValueError(
+                f"ClientAddress({self.address!r}, {self.via!r}): expected an address and one "
+                f"of {sorted(_VIA)}"
+            )
 
 
 def _port_ok(text: str) -> bool:
@@ -281,6 +284,11 @@ def parse_address(text: str) -> Address:
     Raises:
         AddressError: the text is not an address.
     """
+    # Socket peers are plain dotted quads almost always: try that first, it is one call.
+    try:
+        return IPv4Address(inet_pton(AF_INET, text))
+    except (OSError, TypeError):
+        pass
     address = _parse_node(text) if isinstance(text, str) else None
     if address is None:
         raise AddressError(f"{text!r} is not an IP address")

@@ -21,9 +21,10 @@ is covered by a new pair (a superset: re-checking a session that is still fine i
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 from proxy.policy.decision import Decision, Match, MatchReason
 from proxy.policy.regions import Location, covered_by, location_keys
@@ -139,9 +140,6 @@ class _Candidates:
 
 _NO_CANDIDATES = _Candidates({}, (), (), ())
 
-# Longer meeting ids are not memoised (their tables are compiled on each decision).
-_MEMO_KEY_MAX = 256
-
 
 class RestrictionSet:
     """An immutable, indexed set of restrictions with a version; the gate's decision procedure.
@@ -150,10 +148,15 @@ class RestrictionSet:
         restrictions: the restrictions, in any order.
         version: an identifier of this set (config generation, file hash...), copied into every
             decision and audit record.
-        memo_size: how many meetings' candidate tables to keep (FIFO); 0 disables the memo.
 
     Raises:
-        ValueError: two restrictions share an id, or the version or memo size is invalid.
+        ValueError: two restrictions share an id, or the version is invalid.
+
+    The index is built once: a compiled candidate table per exact meeting id, per glob pattern
+    (grouped by the pattern's literal prefix, so a meeting id looks up only the prefixes of the
+    lengths in use) and one for ``*``. A decision is a handful of dict lookups whatever the number
+    of restrictions; nothing is compiled or cached per meeting id, so ids chosen by clients cannot
+    grow memory or slow the gate.
     """
 
     __slots__ = (
@@ -162,8 +165,6 @@ class RestrictionSet:
         "_every",
         "_exact",
         "_globs",
-        "_memo",
-        "_memo_size",
         "_prefix_lengths",
         "_restrictions",
         "_version",
@@ -172,25 +173,19 @@ class RestrictionSet:
     _version: int | str
     _restrictions: tuple[Restriction, ...]
     _by_id: dict[str, Restriction]
-    _exact: dict[str, tuple[Restriction, ...]]
-    _globs: dict[str, tuple[tuple[str, Restriction], ...]]
+    _exact: dict[str, _Candidates]
+    _globs: dict[str, tuple[tuple[Callable[[str], object], _Candidates], ...]]
     _prefix_lengths: tuple[int, ...]
-    _every: tuple[Restriction, ...]
+    _every: _Candidates | None
     _boundaries: tuple[float, ...]
-    _memo: dict[str, _Candidates]
-    _memo_size: int
 
     def __init__(
         self,
         restrictions: Iterable[Restriction] = (),
         version: int | str = 0,
-        *,
-        memo_size: int = 65_536,
     ) -> None:
         if isinstance(version, bool) or not isinstance(version, int | str):
             raise ValueError(f"version: {version!r} must be an int or a str")
-        if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
-            raise ValueError(f"memo_size: {memo_size!r} must be a non-negative int")
         by_id: dict[str, Restriction] = {}
         for restriction in restrictions:
             if not isinstance(restriction, Restriction):
@@ -201,16 +196,20 @@ class RestrictionSet:
         ordered = tuple(sorted(by_id.values(), key=lambda r: r.id))
 
         exact: dict[str, list[Restriction]] = {}
-        globs: dict[str, list[tuple[str, Restriction]]] = {}
+        by_pattern: dict[str, list[Restriction]] = {}
         every: list[Restriction] = []
         for restriction in ordered:
             for pattern in dict.fromkeys(restriction.meetings):
                 if pattern == "*":
                     every.append(restriction)
                 elif is_glob(pattern):
-                    globs.setdefault(glob_prefix(pattern), []).append((pattern, restriction))
+                    by_pattern.setdefault(pattern, []).append(restriction)
                 else:
                     exact.setdefault(pattern, []).append(restriction)
+        globs: dict[str, list[tuple[Callable[[str], object], _Candidates]]] = {}
+        for pattern, named in by_pattern.items():
+            match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
+            globs.setdefault(glob_prefix(pattern), []).append((match, _compile(named)))
         boundaries = {
             bound
             for restriction in ordered
@@ -222,13 +221,11 @@ class RestrictionSet:
         init(self, "_version", version)
         init(self, "_restrictions", ordered)
         init(self, "_by_id", {r.id: r for r in ordered})
-        init(self, "_exact", {key: tuple(value) for key, value in exact.items()})
+        init(self, "_exact", {key: _compile(value) for key, value in exact.items()})
         init(self, "_globs", {key: tuple(value) for key, value in globs.items()})
         init(self, "_prefix_lengths", tuple(sorted({len(prefix) for prefix in globs})))
-        init(self, "_every", tuple(every))
+        init(self, "_every", _compile(every) if every else None)
         init(self, "_boundaries", tuple(sorted(boundaries)))
-        init(self, "_memo", {})
-        init(self, "_memo_size", memo_size)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"RestrictionSet is immutable (cannot set {name!r})")
@@ -279,35 +276,23 @@ class RestrictionSet:
             A Decision listing every restriction in force that bars the participant, sorted by
             id; ``denied_by`` is the first enforced one, None to admit.
         """
-        table = self._memo.get(meeting)
-        if table is None:
-            table = self._candidates(meeting)
         found: dict[str, Match] | None = None
-        country = location.country
-        if country is not None:
-            subdivision = location.subdivision
-            by_region = table.by_region
-            if by_region:
-                hits = by_region.get(country)
-                if hits is not None:
-                    found = _collect(found, hits, MatchReason.REGION, address, now)
-                if subdivision is not None:
-                    hits = by_region.get(subdivision)
-                    if hits is not None:
-                        found = _collect(found, hits, MatchReason.REGION, address, now)
-            if table.allow:
-                outside = tuple(
-                    r
-                    for r in table.allow
-                    if country not in r.regions
-                    and (subdivision is None or subdivision not in r.regions)
-                )
-                if outside:
-                    found = _collect(found, outside, MatchReason.OUTSIDE_ALLOWED, address, now)
-        elif table.unknown:
-            found = _collect(found, table.unknown, MatchReason.UNKNOWN, address, now)
-        if location.anonymous and table.anonymous:
-            found = _collect(found, table.anonymous, MatchReason.ANONYMOUS, address, now)
+        table = self._exact.get(meeting)
+        if table is not None:
+            found = _apply(table, found, location, address, now)
+        if self._prefix_lengths:
+            length = len(meeting)
+            globs = self._globs
+            for prefix_length in self._prefix_lengths:
+                if prefix_length > length:
+                    break
+                entries = globs.get(meeting[:prefix_length])
+                if entries is not None:
+                    for match, table in entries:
+                        if match(meeting) is not None:
+                            found = _apply(table, found, location, address, now)
+        if self._every is not None:
+            found = _apply(self._every, found, location, address, now)
         if found is None:
             return Decision(meeting, location, (), None, self._version)
         if len(found) == 1:
@@ -316,28 +301,6 @@ class RestrictionSet:
             matches = tuple(found[key] for key in sorted(found))
         denied_by = next((m.restriction for m in matches if m.enforced), None)
         return Decision(meeting, location, matches, denied_by, self._version)
-
-    def _candidates(self, meeting: str) -> _Candidates:
-        """Compile (and memoise) the candidate table of one meeting."""
-        named: dict[str, Restriction] = {r.id: r for r in self._exact.get(meeting, ())}
-        length = len(meeting)
-        for prefix_length in self._prefix_lengths:
-            if prefix_length > length:
-                break
-            for pattern, restriction in self._globs.get(meeting[:prefix_length], ()):
-                if restriction.id not in named and fnmatchcase(meeting, pattern):
-                    named[restriction.id] = restriction
-        for restriction in self._every:
-            named[restriction.id] = restriction
-        table = _compile(named.values()) if named else _NO_CANDIDATES
-        memo = self._memo
-        # Meeting ids come from clients: bound the memo's memory as well as its length.
-        if self._memo_size and length <= _MEMO_KEY_MAX:
-            if len(memo) >= self._memo_size:
-                # FIFO: the oldest entry goes; dicts iterate in insertion order.
-                memo.pop(next(iter(memo)), None)
-            memo[meeting] = table
-        return table
 
     # -- schedule and summary -------------------------------------------------------------------
 
@@ -433,6 +396,42 @@ class RestrictionSet:
                 if r.anonymous is Treatment.DENY:
                     pairs.add(BarredPair(meeting, ANONYMOUS_REGION, exempt))
         return frozenset(pairs)
+
+
+def _apply(
+    table: _Candidates,
+    found: dict[str, Match] | None,
+    location: Location,
+    address: Address | None,
+    now: float,
+) -> dict[str, Match] | None:
+    """Add the matches of one candidate table (the restrictions naming one pattern)."""
+    country = location.country
+    if country is not None:
+        subdivision = location.subdivision
+        by_region = table.by_region
+        if by_region:
+            hits = by_region.get(country)
+            if hits is not None:
+                found = _collect(found, hits, MatchReason.REGION, address, now)
+            if subdivision is not None:
+                hits = by_region.get(subdivision)
+                if hits is not None:
+                    found = _collect(found, hits, MatchReason.REGION, address, now)
+        if table.allow:
+            outside = tuple(
+                r
+                for r in table.allow
+                if country not in r.regions
+                and (subdivision is None or subdivision not in r.regions)
+            )
+            if outside:
+                found = _collect(found, outside, MatchReason.OUTSIDE_ALLOWED, address, now)
+    elif table.unknown:
+        found = _collect(found, table.unknown, MatchReason.UNKNOWN, address, now)
+    if location.anonymous and table.anonymous:
+        found = _collect(found, table.anonymous, MatchReason.ANONYMOUS, address, now)
+    return found
 
 
 def _collect(

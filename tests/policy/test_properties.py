@@ -194,14 +194,13 @@ def outcome(
 
 
 @ORACLE
-@given(restriction_lists(), st.lists(sessions, min_size=1, max_size=10), st.integers(0, 3))
+@given(restriction_lists(), st.lists(sessions, min_size=1, max_size=10))
 def test_decide_agrees_with_the_reference(
     restrictions: list[Restriction],
     batch: list[tuple[str, Location, bool, Address | None, float]],
-    memo_size: int,
 ) -> None:
     """decide() gives the same matches, reasons and denial as scanning every restriction."""
-    gate = RestrictionSet(restrictions, memo_size=memo_size)
+    gate = RestrictionSet(restrictions)
     for meeting, location, anonymous, address, now in batch:
         location = flagged(location, anonymous)
         expected = reference(restrictions, meeting, location, address, now)

@@ -1,0 +1,1 @@
+"""Load generators and benchmarks for geogate (run as ``python -m loadtests.<name>``)."""
