@@ -51,5 +51,18 @@ check: $(STAMP) $(DEMO_DB)
 bench-gate: $(STAMP)
 	$(BIN)/python loadtests/bench_gate.py
 
+# nginx is the reference relay of bench-relay; installed from the system packages when missing.
+bench-deps:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+		command -v apt-get >/dev/null || { echo "bench-deps: install nginx (no apt-get here)" >&2; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
+	@{ command -v nginx || echo /usr/sbin/nginx; } | xargs -I{} sh -c '{} -v'
+
+# Relay benchmark: direct, geogate and nginx interleaved; BENCH_ARGS="--quick" checks it works.
+.PHONY: bench-relay
+BENCH_ARGS ?=
+bench-relay: $(STAMP)
+	$(BIN)/python -m loadtests.bench_relay $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

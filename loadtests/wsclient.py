@@ -55,7 +55,7 @@ __all__ = [
 
 #: The one Sec-WebSocket-Key every participant sends (16 bytes, base64; RFC 6455 section 4.1).
 #: The server's answer still depends on it, so the accept check stays meaningful.
-HANDSHAKE_KEY: Final = "Z2VvZ2F0ZS1iZW5jaC1rZXk="
+HANDSHAKE_KEY: Final = "Z2VvZ2F0ZS1iZW5jaC0xNg=="
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _ACCEPT: Final = base64.b64encode(hashlib.sha1(HANDSHAKE_KEY.encode() + _GUID).digest())
 _MAX_HEAD: Final = 16384  # the largest upgrade response read
@@ -327,9 +327,9 @@ class Participant(asyncio.Protocol):
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self._request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if self.stage is _UPGRADING:

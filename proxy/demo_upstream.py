@@ -40,6 +40,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self, TypeAlias, assert_never
 
@@ -369,6 +370,7 @@ class DemoUpstream:
         backlog: the listen backlog (kept large for join storms).
         record_events: keep a bounded record of :class:`DemoEvent` (off for benchmarks).
         max_events: how many events the record keeps (the oldest are dropped).
+        ssl: a server TLS context to listen on wss:// (tests of a TLS upstream).
 
     Raises:
         ValueError: an argument is out of range or a subprotocol is not an HTTP token.
@@ -388,7 +390,9 @@ class DemoUpstream:
         backlog: int = _DEFAULT_BACKLOG,
         record_events: bool = True,
         max_events: int = _DEFAULT_MAX_EVENTS,
+        ssl: SSLContext | None = None,
     ) -> None:
+        self._ssl = ssl
         if isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port!r}")
         if max_size is not None and max_size <= 0:
@@ -448,6 +452,7 @@ class DemoUpstream:
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
             backlog=self._backlog,
+            ssl=self._ssl,
         )
 
     async def close(self) -> None:
@@ -495,11 +500,11 @@ class DemoUpstream:
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` for clients, an IPv6 host in brackets (RFC 3986 section 3.2.2)."""
+        """``ws://host:port`` (``wss://`` with TLS), an IPv6 host in brackets (RFC 3986 3.2.2)."""
         host = self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self._ssl else 'ws'}://{host}:{self.port}"
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -235,6 +235,7 @@ class ClientConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.paused = False
+        self.refusal: str | None = None  # set when the connection is to be refused with 503
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -244,18 +245,21 @@ class ClientConnection(asyncio.Protocol):
         state.counts["connections"] += 1
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else str(peer or "")
-        if state.draining or state.open_connections >= state.limits.max_connections:
-            error = ShuttingDown() if state.draining else UpstreamUnavailable(
-                "connection limit", client_text="too many connections")
-            self._refuse(503, error.client_text)
-            return
         state.connections.add(self)
+        if state.draining or state.open_connections > state.limits.max_connections:
+            # Answered once the request arrives: clients do not expect a response before it.
+            self.refusal = ShuttingDown.client_text if state.draining else "too many connections"
+            self._set_timer(state.limits.handshake_timeout, self._close_transport)
+            return
         self.parser = RequestParser(state.limits.max_header_bytes)
         self._set_timer(state.limits.handshake_timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         stage = self.life.state
-        if stage is State.HANDSHAKE:
+        if self.refusal is not None:
+            if stage is State.HANDSHAKE:
+                self._refuse(503, self.refusal)
+        elif stage is State.HANDSHAKE:
             self._handshake(data)
         elif stage is State.JOINING:
             self.buffer += data
@@ -670,10 +674,10 @@ class Server:
         if self._ssl is not None and listen.tls_cert and listen.tls_key:
             seen = _mtimes(listen.tls_cert, listen.tls_key)
             if seen != self._ssl_seen:
+                self._ssl_seen = seen  # a broken file is reported once, not on every check
                 try:
                     # New handshakes use the reloaded chain; open connections keep theirs.
                     self._ssl.load_cert_chain(listen.tls_cert, listen.tls_key)
-                    self._ssl_seen = seen
                     log.info("TLS certificate reloaded from %s", listen.tls_cert)
                 except (OSError, ssl.SSLError) as exc:
                     log.error("TLS certificate not reloaded, keeping the old one: %s", exc)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from proxy.demo_upstream import DemoUpstream
 from tests.helpers.proxy import ProxyFactory, demo_database
@@ -32,3 +34,11 @@ async def proxies(tmp_path: Path, demo_db: Path) -> AsyncIterator[ProxyFactory]:
         yield factory
     finally:
         await factory.close()
+
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every asyncio test runs on uvloop, the event loop the proxy runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}

@@ -1,0 +1,132 @@
+"""Relay behaviour at the byte level: boundaries, pipelining, control frames, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import orjson
+
+from proxy.demo_upstream import DemoUpstream, EventKind
+from proxy.frames import Opcode
+from proxy.relay import Relay
+from proxy.server import Server
+from tests.helpers.proxy import TIMEOUT, Participant, ProxyFactory, restriction
+from tests.helpers.rawws import RawClient, frame
+
+RESTRICTIONS = restriction("cn", ["CN"], ["memorial-*"])
+
+
+def join(meeting: str, participant: str, kind: str = "join") -> bytes:
+    body = {"type": kind, "meeting": meeting, "participant": participant}
+    return frame(Opcode.TEXT, orjson.dumps(body))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Wait for a condition of the proxy's own state, checking it as the loop turns."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def relay_of(server: Server, participant: str) -> Relay:
+    session = next(s for s in server.state.registry if s.join.participant == participant)
+    assert session.close is not None
+    relay = session.close.__self__  # type: ignore[attr-defined]
+    assert isinstance(relay, Relay)
+    return relay
+
+
+async def test_frames_pipelined_after_the_request_are_relayed(proxies: ProxyFactory,
+                                                              upstream: DemoUpstream) -> None:
+    """A join and an echo sent in the same write as the upgrade request are both handled."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    echo = frame(Opcode.TEXT, b'{"type":"echo","n":7}')
+    client = await RawClient.connect(server.port, after_request=join("m", "a") + echo)
+    first = orjson.loads((await client.recv_frame())[1])
+    second = orjson.loads((await client.recv_frame())[1])
+    assert first["type"] == "joined" and second == {"type": "echo", "n": 7}
+    client.close()
+
+
+async def test_fragmented_message_with_interleaved_ping(proxies: ProxyFactory,
+                                                        upstream: DemoUpstream) -> None:
+    """A fragmented message with a ping between its fragments passes; the ping is answered."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    client = await RawClient.connect(server.port, after_request=join("m", "a"))
+    await client.recv_frame()
+    text = b'{"type":"echo","data":"' + b"z" * 3000 + b'"}'
+    client.send(frame(Opcode.TEXT, text[:1000], fin=False) + frame(Opcode.PING, b"hb")
+                + frame(Opcode.CONT, text[1000:2000], fin=False))
+    client.send(frame(Opcode.CONT, text[2000:]))
+    got = [await client.recv_frame(), await client.recv_frame()]
+    assert (Opcode.PONG, b"hb", True) in got
+    echoed = next(payload for opcode, payload, _ in got if opcode == Opcode.TEXT)
+    assert orjson.loads(echoed) == orjson.loads(text)
+    client.close()
+
+
+async def test_fragmented_join_into_barred_meeting_is_stopped(proxies: ProxyFactory,
+                                                              upstream: DemoUpstream) -> None:
+    """A barred join split over fragments is read whole; its final fragment never goes upstream."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    client = await RawClient.connect(server.port, "127.0.1.30", after_request=join("m", "c"))
+    await client.recv_frame()
+    body = orjson.dumps({"type": "join", "meeting": "memorial-9", "participant": "c"})
+    client.send(frame(Opcode.TEXT, body[:5], fin=False) + frame(Opcode.CONT, body[5:]))
+    opcode, notice, _ = await client.recv_frame()
+    assert opcode == Opcode.TEXT and orjson.loads(notice)["restriction"] == "cn"
+    assert (await client.recv_close())[0] == 4451
+    client.send(client.close_frame())
+    assert [e.meeting for e in upstream.events if e.kind == EventKind.JOIN] == ["m"]
+    client.close()
+
+
+async def test_escaped_join_type_is_still_gated(proxies: ProxyFactory,
+                                                upstream: DemoUpstream) -> None:
+    """A join whose type is written with JSON escapes is recognised and gated."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    client = await RawClient.connect(server.port, "127.0.1.31", after_request=join("m", "c"))
+    await client.recv_frame()
+    client.send(frame(Opcode.TEXT, b'{"type":"jo\\u0069n","meeting":"memorial-2","participant":"c"}'))
+    opcode, notice, _ = await client.recv_frame()
+    assert orjson.loads(notice)["type"] == "geogate.denied"
+    client.close()
+
+
+async def test_unmasked_client_frame_is_a_protocol_error(proxies: ProxyFactory,
+                                                         upstream: DemoUpstream) -> None:
+    """A client frame without a mask closes the client with 1002 (RFC 6455 section 5.1)."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    client = await RawClient.connect(server.port, after_request=join("m", "a"))
+    await client.recv_frame()
+    client.send(b"\x81\x02hi")
+    assert (await client.recv_close())[0] == 1002
+    client.close()
+
+
+async def test_slow_reader_pauses_the_other_side(proxies: ProxyFactory,
+                                                 upstream: DemoUpstream) -> None:
+    """A participant that stops reading makes the proxy stop reading its upstream leg; nothing
+    is lost once it reads again, and the proxy's buffer stays bounded."""
+    limit = 65536
+    server = await proxies.start(upstream.url, RESTRICTIONS,
+                                 {"limits": {"write_buffer_bytes": limit,
+                                             "max_message_bytes": 1 << 20}})
+    reader = await Participant.connect(server.url, "127.0.3.40", max_queue=1)
+    await reader.send({"type": "join", "meeting": "flood", "participant": "reader"})
+    await reader.recv()
+    writer, _ = await Participant.join(server.url, "flood", "writer", "127.0.3.41")
+    await reader.recv()  # participant-joined
+    relay = relay_of(server, "reader")
+    reader.ws.transport.pause_reading()
+    payloads = [os.urandom(256 * 1024) for _ in range(64)]  # 16 MiB: more than socket buffers
+    sending = asyncio.ensure_future(asyncio.gather(*(writer.ws.send(p) for p in payloads)))
+    await wait_until(lambda: not relay.upstream.is_reading())
+    assert relay.client.get_write_buffer_size() <= limit + (1 << 20)
+    reader.ws.transport.resume_reading()
+    for payload in payloads:
+        assert await reader.recv() == payload
+    await asyncio.wait_for(sending, TIMEOUT)
+    assert relay.upstream.is_reading()
