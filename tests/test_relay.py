@@ -89,8 +89,9 @@ async def test_escaped_join_type_is_still_gated(proxies: ProxyFactory,
     server = await proxies.start(upstream.url, RESTRICTIONS)
     client = await RawClient.connect(server.port, "127.0.1.31", after_request=join("m", "c"))
     await client.recv_frame()
-    client.send(frame(Opcode.TEXT, b'{"type":"jo\\u0069n","meeting":"memorial-2","participant":"c"}'))
-    opcode, notice, _ = await client.recv_frame()
+    escaped = b'{"type":"jo\\u0069n","meeting":"memorial-2","participant":"c"}'
+    client.send(frame(Opcode.TEXT, escaped))
+    _, notice, _ = await client.recv_frame()
     assert orjson.loads(notice)["type"] == "geogate.denied"
     client.close()
 

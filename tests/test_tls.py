@@ -1,4 +1,4 @@
-"""TLS on both legs: the proxy terminating wss://, reloading its certificate, and a wss:// upstream."""
+"""TLS on both legs: the proxy terminating wss://, reloading its certificate, a wss:// upstream."""
 
 from __future__ import annotations
 
