@@ -202,8 +202,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from proxy.config import load_snapshot
     from proxy.service import configure_logging, run, serve
 
-    configure_logging(args.log_level, json=args.log_json)
-    snapshot = load_snapshot(args.config, parse_overrides(args.set or []))
+    overrides = parse_overrides(args.set or [])
+    snapshot = load_snapshot(args.config, overrides)
+    logging_config = snapshot.config.logging
+    configure_logging(args.log_level or logging_config.level,
+                      json=args.log_json or logging_config.json)
     demo = args.command == "run-demo"
 
     def ready(server: object) -> None:
@@ -212,7 +215,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         url = server.url  # type: ignore[attr-defined]
         print(DEMO_HELP.format(url=url, config=args.config), file=out, flush=True)
 
-    run(serve(snapshot, demo_upstream=demo, ready=ready))
+    run(serve(snapshot, overrides=overrides, demo_upstream=demo, ready=ready))
     return 0
 
 
@@ -274,8 +277,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("run-demo", "run the proxy and the demo meeting server together")):
         serve = sub.add_parser(name, help=text)
         with_config(serve)
-        serve.add_argument("--log-level", default="INFO",
-                           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        serve.add_argument("--log-level", default=None,
+                           choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                           help="overrides logging.level of the configuration")
         serve.add_argument("--log-json", action="store_true", help="log JSON lines")
         serve.set_defaults(func=cmd_serve)
 

@@ -125,8 +125,11 @@ class Admission:
         self.monotonic = monotonic
         self._denials: dict[tuple[object, str], tuple[float, object, GeoResult, Denial]] = {}
         self._notices: dict[tuple[object, str, str], Denial] = {}
-        #: Decisions by outcome: "admit", "deny", "deny-reused", "would-deny".
-        self.counts: dict[str, int] = {"admit": 0, "deny": 0, "deny-reused": 0, "would-deny": 0}
+        #: Decisions by outcome: admit, deny, deny-reused, would-deny; re-checks: evict and
+        #: would-evict.
+        self.counts: dict[str, int] = {
+            "admit": 0, "deny": 0, "deny-reused": 0, "would-deny": 0, "evict": 0, "would-evict": 0,
+        }  # fmt: skip
 
     def swap(self, restrictions: RestrictionSet) -> None:
         """Put a new restriction set in force; remembered denials of the old one are dropped."""
@@ -141,6 +144,7 @@ class Admission:
         geo: GeoResult,
         *,
         peer: str = "",
+        reeval: bool = False,
     ) -> Denial | None:
         """Decide a join; None admits it.
 
@@ -149,10 +153,14 @@ class Admission:
             address: the client address (for exempt networks and the retry window).
             geo: where the address was placed.
             peer: the socket peer, for the log.
+            reeval: an open session re-checked after a change: recorded as evict/would-evict,
+                and never answered from the retry window.
 
         Returns:
             None to admit, or the denial to send.
         """
+        if reeval:
+            return self._reevaluate(join, address, geo, peer)
         key = (address, join.meeting)
         rset = self.restrictions
         cached = self._denials.get(key)
@@ -178,6 +186,19 @@ class Admission:
             self._denials[key] = (self.monotonic() + self.retry_window, rset.version, geo, denial)
         return denial
 
+    def _reevaluate(
+        self, join: Join, address: IPv4Address | IPv6Address, geo: GeoResult, peer: str
+    ) -> Denial | None:
+        decision = self.restrictions.decide(join.meeting, geo.location, address, self.clock())
+        if decision.matches and decision.denied_by is None:
+            self.counts["would-evict"] += 1
+            self._record("would-evict", decision, join, address, geo, peer)
+        if decision.denied_by is None:
+            return None
+        self.counts["evict"] += 1
+        self._record("evict", decision, join, address, geo, peer)
+        return self._denial(decision)
+
     def _denial(self, decision: Decision) -> Denial:
         r = decision.denied_by
         assert r is not None
@@ -202,8 +223,8 @@ class Admission:
             return
         for match in decision.matches:
             r = match.restriction
-            kind = event if match.enforced else "would-deny"
-            if event == "deny" and match.enforced and r is not decision.denied_by:
+            kind = event if match.enforced else f"would-{event.removeprefix('would-')}"
+            if not event.startswith("would-") and match.enforced and r is not decision.denied_by:
                 continue  # the one that denied is recorded; others enforced add nothing new
             audit_log.info(
                 "%s",

@@ -38,6 +38,7 @@ from proxy.policy.restrictions import Enforcement, Mode, Restriction, Treatment
 
 __all__ = [
     "AdminConfig",
+    "AuditConfig",
     "ClientAddressConfig",
     "Config",
     "DenialStyle",
@@ -46,8 +47,11 @@ __all__ = [
     "JsonProtocolConfig",
     "LimitsConfig",
     "ListenConfig",
+    "LoggingConfig",
     "ProtocolConfig",
+    "ReloadConfig",
     "RestrictionsConfig",
+    "ShutdownConfig",
     "Snapshot",
     "UpstreamConfig",
     "UrlProtocolConfig",
@@ -83,6 +87,14 @@ def _at_least(minimum: int) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value < minimum:
             raise ValueError(f"expected a whole number of at least {minimum}")
+
+    return check
+
+
+def _prefix(bits: int) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if not 0 <= value <= bits:
+            raise ValueError(f"expected a prefix length from 0 to {bits}")
 
     return check
 
@@ -266,6 +278,45 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit trail: one JSON line per decision, rotated by size."""
+
+    path: Path | None = None
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_at_least(4096)))
+    keep: int = field(default=10, metadata=_check(_at_least(1)))
+    pseudonymise: bool = True
+    key_file: Path | None = None
+    truncate_v4: int = field(default=24, metadata=_check(_prefix(32)))
+    truncate_v6: int = field(default=48, metadata=_check(_prefix(128)))
+    queue_max: int = field(default=100_000, metadata=_check(_at_least(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    """How changes to files are noticed and applied to open sessions."""
+
+    watch_interval: float = field(default=1.0, metadata=_check(_positive))
+    eviction_batch: int = field(default=256, metadata=_check(_at_least(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownConfig:
+    """The ordered shutdown on SIGTERM or SIGINT."""
+
+    drain_period: float = field(default=0.0, metadata=_check(_non_negative))
+    timeout: float = field(default=10.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """Process logs (decisions go to the audit trail as well)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json: bool = False
+    decision_lines_per_second: float = field(default=50.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole main configuration, as loaded from one file."""
 
@@ -277,6 +328,10 @@ class Config:
     protocol: ProtocolConfig = ProtocolConfig()
     limits: LimitsConfig = LimitsConfig()
     admin: AdminConfig = AdminConfig()
+    audit: AuditConfig = AuditConfig()
+    reload: ReloadConfig = ReloadConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    logging: LoggingConfig = LoggingConfig()
     source: Path | None = field(default=None, metadata={"internal": True})
 
 

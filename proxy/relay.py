@@ -319,6 +319,8 @@ class Relay:
     def start(self, client_rest: bytes, upstream_rest: bytes) -> None:
         """Take over both transports and relay what each already sent."""
         self.session.close = self.close
+        self.session.evict = self.evict
+        self.session.abort = self._abort
         self.client.set_protocol(self.up)
         self.upstream.set_protocol(self.down)
         self._timer = self.loop.call_at(self.last_active + self.idle_timeout, self._idle_check)
@@ -355,13 +357,20 @@ class Relay:
         denial = self.gate(self.session, join)
         if denial is None:
             return True
-        notice, code, reason = denial
+        self.evict(*denial)
+        return False
+
+    def evict(self, notice: bytes, code: int, reason: str) -> None:
+        """Remove the participant: the notice and close to the client, a leave upstream.
+
+        The upstream gets the adapter's leave messages and then a normal close, so it announces
+        the departure at once; everyone else's sessions are untouched.
+        """
         leave = b"".join(
             encode_frame(_TEXT, message, mask=True)
             for message in self.adapter.leave_messages(self.session.join)
         )
         self.close(code, reason, client_frames=notice, upstream_frames=leave)
-        return False
 
     def fail(self, direction: Direction, exc: ClientError) -> None:
         """A protocol fault on one leg: close the client with the fault's code."""
@@ -404,11 +413,17 @@ class Relay:
             self._timer = None
         if self.session.close is not None:
             self.session.close = None
+            self.session.evict = None
+            self.session.abort = None
             self.on_close(self)
+            # A leg still flushing to a peer that does not read is dropped after the timeout.
+            if any(_unfinished(t) for t in (self.client, self.upstream)):
+                self._timer = self.loop.call_later(CLOSE_TIMEOUT, self._abort)
 
     def _abort(self) -> None:
+        self._timer = None
         for transport in (self.client, self.upstream):
-            if not transport.is_closing():
+            if _unfinished(transport):
                 transport.abort()
 
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
@@ -424,3 +439,13 @@ class Relay:
             self.close(1001, "idle timeout")
         else:
             self._timer = self.loop.call_at(due, self._idle_check)
+
+
+def _unfinished(transport: asyncio.Transport) -> bool:
+    """Whether a transport is still open, or closing with data not yet written."""
+    if not transport.is_closing():
+        return True
+    try:
+        return transport.get_write_buffer_size() > 0
+    except (AttributeError, RuntimeError):  # already released
+        return False

@@ -16,7 +16,8 @@ Each client connection is a :class:`ClientConnection` protocol until it is admit
    client with 1014 and a reason.
 
 Shutdown (:meth:`Server.close`): stop accepting; handshakes in flight are answered 503; open
-sessions get 1001 (1012 on restart); after ``drain_timeout`` whatever remains is aborted.
+sessions get 1001 (1012 on restart) after ``shutdown.drain_period``; after ``shutdown.timeout``
+whatever remains is aborted.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.adapters.base import Adapter, Join
@@ -138,6 +141,8 @@ class ServerState:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.closing_code = 1001
+        #: Set whenever a connection or session ends (shutdown waits on it).
+        self.changed = asyncio.Event()
         self.counts: dict[str, int] = {
             "connections": 0, "handshake-refused": 0, "upstream-failed": 0, "relays-closed": 0,
         }  # fmt: skip
@@ -281,6 +286,7 @@ class ClientConnection(asyncio.Protocol):
         if self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
         self.state.connections.discard(self)
+        self.state.changed.set()
         if not self.life.closed:
             self.life.to(State.CLOSED)
 
@@ -563,6 +569,7 @@ class ClientConnection(asyncio.Protocol):
     def _relay_closed(self, relay: Relay) -> None:
         self.state.registry.remove(relay.session)
         self.state.counts["relays-closed"] += 1
+        self.state.changed.set()
 
     # ---- small helpers -------------------------------------------------------------------------
 
@@ -602,11 +609,14 @@ class Server:
     """The proxy: a listener plus the shared state.
 
     Args:
-        snapshot: the configuration and restrictions to start with.
+        snapshot: the configuration and restrictions to start with (loaded from a file, which
+            is watched and reloaded from).
         geo: an open resolver; by default one is opened from the configuration.
+        overrides: the ``--set`` overrides the snapshot was loaded with, kept for reloads.
     """
 
-    def __init__(self, snapshot: Snapshot, geo: GeoResolver | None = None) -> None:
+    def __init__(self, snapshot: Snapshot, geo: GeoResolver | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> None:
         config = snapshot.config
         if geo is None:
             geo = GeoResolver(GeoIPSettings(
@@ -620,7 +630,10 @@ class Server:
         self._server: asyncio.Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self._ssl_seen: tuple[float, float] | None = None
-        self._watch: asyncio.Task[None] | None = None
+        from proxy.reload import Reloader
+
+        assert snapshot.config.source is not None, "a snapshot loaded from a file"
+        self.reloader = Reloader(self, snapshot.config.source, overrides)
 
     @property
     def port(self) -> int:
@@ -654,22 +667,11 @@ class Server:
             lambda: ClientConnection(self.state), listen.host, listen.port,
             backlog=listen.backlog, ssl=self._ssl, reuse_address=True,
         )
-        self._watch = loop.create_task(self._watch_files())
+        self.reloader.start()
         log.info("geogate listening on %s, upstream %s", self.url, self.state.config.upstream.url)
 
-    async def _watch_files(self) -> None:
-        interval = self.state.config.geoip.watch_interval
-        while True:
-            await asyncio.sleep(interval)
-            self.check_files()
-
     def check_files(self) -> None:
-        """Reload changed GeoIP databases and TLS files (a bad file leaves the old in service)."""
-        for result in self.state.geo.check_for_changes():
-            if result.ok:
-                log.info("GeoIP database %s reloaded (built %s)", result.path, result.build_epoch)
-            else:
-                log.error("GeoIP database %s not reloaded: %s", result.path, result.error)
+        """Reload the TLS certificate when its files changed (a bad file leaves the old one)."""
         listen = self.state.config.listen
         if self._ssl is not None and listen.tls_cert and listen.tls_key:
             seen = _mtimes(listen.tls_cert, listen.tls_key)
@@ -682,33 +684,48 @@ class Server:
                 except (OSError, ssl.SSLError) as exc:
                     log.error("TLS certificate not reloaded, keeping the old one: %s", exc)
 
-    async def close(self, *, drain_timeout: float = 5.0, restart: bool = False) -> None:
-        """Stop accepting, close every connection in order, and release the resolver.
+    async def close(self, *, drain_period: float | None = None, timeout: float | None = None,
+                    restart: bool = False) -> None:
+        """Shut down in order and release everything.
+
+        1. New handshakes get 503, handshakes in flight 503, joins in progress 1001; open sessions
+           carry on for ``drain_period`` seconds while the listener still answers.
+        2. The listener closes and open sessions get 1001 (1012 with ``restart``).
+        3. After ``timeout`` seconds whatever is still open is dropped; then the resolver closes.
 
         Args:
-            drain_timeout: seconds to wait for closing handshakes before aborting the rest.
+            drain_period: defaults to ``shutdown.drain_period``.
+            timeout: defaults to ``shutdown.timeout``.
             restart: close sessions with 1012 (service restart) instead of 1001 (going away).
         """
         state = self.state
+        settings = state.config.shutdown
+        drain_period = settings.drain_period if drain_period is None else drain_period
+        timeout = settings.timeout if timeout is None else timeout
         state.draining = True
         state.closing_code = 1012 if restart else 1001
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-        if self._server is not None:
-            self._server.close()
         for connection in list(state.connections):
             connection.drain()
+        await self.reloader.close()
+        if drain_period > 0:
+            await asyncio.sleep(drain_period)
+        if self._server is not None:
+            self._server.close()
         for session in list(state.registry):
             if session.close is not None:
                 session.close(state.closing_code, "proxy shutting down")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_timeout
+        deadline = loop.time() + timeout
         while state.open_connections and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+            state.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - loop.time()):
+                    await state.changed.wait()
         for connection in list(state.connections):
             connection._abort()
+        for session in list(state.registry):
+            if session.abort is not None:
+                session.abort()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
@@ -720,7 +737,7 @@ class Server:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close(drain_timeout=1.0)
+        await self.close(drain_period=0, timeout=1.0)
 
 
 def _mtimes(*paths: Path) -> tuple[float, float]:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,13 +51,15 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def serve(
     snapshot: Snapshot,
     *,
+    overrides: Mapping[str, Any] | None = None,
     demo_upstream: bool = False,
     ready: Callable[[Server], None] | None = None,
 ) -> None:
-    """Run the proxy until SIGTERM or SIGINT, then shut down in order.
+    """Run the proxy until SIGTERM or SIGINT, then shut down in order; SIGHUP reloads.
 
     Args:
         snapshot: the configuration and restrictions.
+        overrides: the ``--set`` overrides, applied again on every reload.
         demo_upstream: also run the demo meeting server at the configured upstream address.
         ready: called once the listener is bound.
     """
@@ -87,16 +89,17 @@ async def serve(
                                 record_events=False)
             await demo.start()
             log.info("demo meeting server listening on %s", demo.url)
-        server = Server(snapshot)
+        server = Server(snapshot, overrides=overrides)
         await server.start()
+        loop.add_signal_handler(signal.SIGHUP, server.reloader.trigger, "sighup")
         if ready is not None:
             ready(server)
         await stop.wait()
-        await server.close(drain_timeout=5.0)
+        await server.close()
     finally:
         if demo is not None:
             await demo.close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

@@ -33,6 +33,8 @@ class Session:
         geo: how the address was placed.
         since: wall-clock time of admission (Unix seconds).
         close: closes the session's relay with a code and reason; set by the relay.
+        evict: removes the participant with a notice, close code and reason; set by the relay.
+        abort: drops both legs at once (the end of a shutdown); set by the relay.
     """
 
     join: Join
@@ -42,6 +44,8 @@ class Session:
     since: float
     id: int = field(default_factory=lambda: next(_ids))
     close: Callable[[int, str], None] | None = None
+    evict: Callable[[bytes, int, str], None] | None = None
+    abort: Callable[[], None] | None = None
 
     @property
     def meeting(self) -> str:

@@ -365,7 +365,7 @@ async def test_shutdown_closes_sessions_with_1001(proxies: ProxyFactory,
     """Closing the proxy sends 1001 to open sessions and releases everything."""
     server = await started(proxies, upstream)
     alice, _ = await Participant.join(server.url, "m", "alice", US)
-    closing = asyncio.ensure_future(server.close(drain_timeout=TIMEOUT))
+    closing = asyncio.ensure_future(server.close(drain_period=0, timeout=TIMEOUT))
     assert (await alice.closed())[0] == 1001
     await asyncio.wait_for(closing, TIMEOUT)
     assert server.state.open_connections == 0

@@ -72,3 +72,101 @@ class Adapter(Protocol):
     def leave_messages(self, join: Join) -> list[bytes]:
         """Text messages sent upstream, in order, to make an evicted participant leave at once."""
         ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Stateful adapters (Janus): one connection carries several sessions, handles and rooms, so the
+# adapter reads messages both ways, keeps per-connection state, and answers in its own protocol.
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Pass the message on unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Do not pass the message on (a reply to a message the proxy itself sent upstream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Do not pass the message on; send ``messages`` (text payloads) back to its sender instead."""
+
+    messages: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """Pass the message on only if every join in ``joins`` is admitted.
+
+    Attributes:
+        joins: the meetings the message would put the participant in (one per room; a Janus claim
+            names every room its session's handles are in).
+        token: the adapter's own reference, handed back to ``admitted``/``denied``.
+    """
+
+    joins: tuple[Join, ...]
+    token: object = None
+
+
+ClientVerdict = Forward | Gate | Reply
+UpstreamVerdict = Forward | Drop
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What removes a participant from one meeting without closing the connection.
+
+    Attributes:
+        to_upstream: text payloads sent upstream, in order (leave, detach, destroy...).
+        to_client: text payloads sent to the client, in order (a protocol-shaped notice).
+        close: close the whole connection instead (nothing else remains on it).
+    """
+
+    to_upstream: tuple[bytes, ...] = ()
+    to_client: tuple[bytes, ...] = ()
+    close: bool = False
+
+
+class AdapterConnection(Protocol):
+    """Per-connection state of a stateful adapter."""
+
+    def from_client(self, payload: bytes) -> ClientVerdict:
+        """Read one client text message (unmasked)."""
+        ...
+
+    def from_upstream(self, payload: bytes) -> UpstreamVerdict:
+        """Read one upstream text message."""
+        ...
+
+    def admitted(self, verdict: Gate) -> None:
+        """Every join of ``verdict`` was admitted (the message is being forwarded)."""
+        ...
+
+    def denied(self, verdict: Gate, join: Join, notice: dict[str, object]) -> Reply:
+        """``join`` was barred: the message is not forwarded; what the client is told instead."""
+        ...
+
+    def remove(self, meeting: str, notice: dict[str, object]) -> Removal:
+        """A restriction now bars the participant from ``meeting``: take them out of it only."""
+        ...
+
+    def meetings(self) -> frozenset[str]:
+        """The meetings this connection is in now."""
+        ...
+
+    def closed(self) -> None:
+        """The connection closed (a stateful adapter may remember sessions for a reconnect)."""
+        ...
+
+
+class StatefulAdapter(Protocol):
+    """An adapter that keeps state per connection and across connections (Janus)."""
+
+    name: str
+    subprotocols: tuple[str, ...]
+
+    def connect(self, address: str) -> AdapterConnection:
+        """State for a new client connection from ``address``."""
+        ...

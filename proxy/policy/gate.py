@@ -302,6 +302,22 @@ class RestrictionSet:
         denied_by = next((m.restriction for m in matches if m.enforced), None)
         return Decision(meeting, location, matches, denied_by, self._version)
 
+    def scopes(self, meeting: str) -> bool:
+        """Whether any restriction (in force or not, enforced or dry run) names this meeting.
+
+        Admissions into such meetings are recorded, so an operator can show who was let in.
+        """
+        if meeting in self._exact or self._every is not None:
+            return True
+        length = len(meeting)
+        for prefix_length in self._prefix_lengths:
+            if prefix_length > length:
+                break
+            entries = self._globs.get(meeting[:prefix_length])
+            if entries is not None and any(match(meeting) is not None for match, _ in entries):
+                return True
+        return False
+
     # -- schedule and summary -------------------------------------------------------------------
 
     def next_boundary(self, now: float) -> float | None:

@@ -92,7 +92,7 @@ class ProxyFactory:
 
     async def close(self) -> None:
         for server in self.servers:
-            await server.close(drain_timeout=2.0)
+            await server.close(drain_period=0, timeout=2.0)
 
 
 def _toml(tables: Mapping[str, Any], prefix: str = "") -> str:

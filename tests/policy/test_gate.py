@@ -582,3 +582,12 @@ def test_long_meeting_ids_are_decided() -> None:
     for _ in range(2):
         assert decide(gate, BEIJING, meeting=meeting)[0] == "r1"
         assert decide(gate, DE, meeting=meeting) == (None, [])
+
+
+def test_scopes_names_meetings_by_every_kind_of_pattern() -> None:
+    """scopes() is true for meetings named by an id, a glob or '*', and false otherwise."""
+    gate = RestrictionSet([make("a", meetings=("board",)), make("b", meetings=("memorial-*",))])
+    assert gate.scopes("board") and gate.scopes("memorial-1")
+    assert not gate.scopes("standup") and not gate.scopes("memorial")
+    assert RestrictionSet([make(meetings=("*",))]).scopes("anything")
+    assert not RestrictionSet([]).scopes("board")
