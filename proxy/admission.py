@@ -96,6 +96,7 @@ class Admission:
         cache_size: denials remembered at most (0 disables reuse).
         clock: wall-clock time (Unix seconds).
         monotonic: a monotonic clock for the retry window.
+        count: called with (outcome, restriction id) for every join decision, for metrics.
     """
 
     __slots__ = (
@@ -103,6 +104,7 @@ class Admission:
         "_notices",
         "cache_size",
         "clock",
+        "count",
         "counts",
         "monotonic",
         "restrictions",
@@ -117,12 +119,14 @@ class Admission:
         cache_size: int = 65536,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        count: Callable[[str, str], None] | None = None,
     ) -> None:
         self.restrictions = restrictions
         self.retry_window = retry_window
         self.cache_size = cache_size
         self.clock = clock
         self.monotonic = monotonic
+        self.count = count
         self._denials: dict[tuple[object, str], tuple[float, object, GeoResult, Denial]] = {}
         self._notices: dict[tuple[object, str, str], Denial] = {}
         #: Decisions by outcome: admit, deny, deny-reused, would-deny; re-checks: evict and
@@ -168,6 +172,8 @@ class Admission:
             expires, version, cached_geo, denial = cached
             if self.monotonic() < expires and version == rset.version and cached_geo == geo:
                 self.counts["deny-reused"] += 1
+                if self.count is not None:
+                    self.count("deny_reused", denial.restriction.id)
                 return denial
             del self._denials[key]
         decision = rset.decide(join.meeting, geo.location, address, self.clock())
@@ -176,8 +182,14 @@ class Admission:
             if decision.matches:
                 self._record("would-deny", decision, join, address, geo, peer)
                 self.counts["would-deny"] += 1
+                if self.count is not None:
+                    self.count("would_deny", decision.matches[0].restriction.id)
+            if self.count is not None:
+                self.count("admit", "")
             return None
         self.counts["deny"] += 1
+        if self.count is not None:
+            self.count("deny", decision.denied_by.id)
         self._record("deny", decision, join, address, geo, peer)
         denial = self._denial(decision)
         if self.cache_size and self.retry_window > 0:

@@ -59,6 +59,7 @@ __all__ = [
     "load_restrictions",
     "load_snapshot",
     "parse_overrides",
+    "parse_restriction",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -769,6 +770,23 @@ def _restriction(data: Any, path: list[str | int], issues: _Issues) -> Restricti
     except ValueError as exc:
         issues.add(path, str(exc))
         return None
+
+
+def parse_restriction(data: Mapping[str, Any], source: str = "draft") -> Restriction:
+    """Validate one restriction given as a mapping in the restrictions file's key format.
+
+    Args:
+        data: the keys of one ``[[restriction]]`` table.
+        source: what to name as the file in messages (the admin API's draft).
+
+    Raises:
+        ConfigError: listing every problem, with key paths.
+    """
+    issues = _Issues(Path(source), "")
+    restriction = _restriction(dict(data), [], issues)
+    if restriction is None:
+        raise ConfigError(issues.items or [ConfigIssue(source, "", "invalid restriction")])
+    return restriction
 
 
 def load_restrictions(path: Path | str) -> RestrictionSet:

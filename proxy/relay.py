@@ -321,6 +321,7 @@ class Relay:
         self.session.close = self.close
         self.session.evict = self.evict
         self.session.abort = self._abort
+        self.session.relay = self
         self.client.set_protocol(self.up)
         self.upstream.set_protocol(self.down)
         self._timer = self.loop.call_at(self.last_active + self.idle_timeout, self._idle_check)
@@ -415,6 +416,7 @@ class Relay:
             self.session.close = None
             self.session.evict = None
             self.session.abort = None
+            self.session.relay = None
             self.on_close(self)
             # A leg still flushing to a peer that does not read is dropped after the timeout.
             if any(_unfinished(t) for t in (self.client, self.upstream)):

@@ -102,7 +102,8 @@ class Reloader:
         self.outcomes: dict[str, int] = {"ok": 0, "error": 0}
         self.evictions: dict[str, int] = {}
         self.would_evictions: dict[str, int] = {}
-        self.latencies: list[float] = []  # eviction latencies not yet taken by metrics
+        #: Told of every eviction, would-eviction and reload (the metrics); set by the server.
+        self.observer: Any = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._boundary: asyncio.TimerHandle | None = None
@@ -238,6 +239,8 @@ class Reloader:
     def _done(self, outcome: ReloadOutcome) -> None:
         self.last = outcome
         self.history.append(outcome)
+        if self.observer is not None:
+            self.observer.reloaded(outcome)
 
     # ---- re-checks ---------------------------------------------------------------------------
 
@@ -286,6 +289,8 @@ class Reloader:
                 would += 1
                 for match in _dry_matches(admission, session):
                     self.would_evictions[match] = self.would_evictions.get(match, 0) + 1
+                    if self.observer is not None:
+                        self.observer.would_evict(match)
             if denial is None:
                 continue
             session.evict(denial.notice, 4451, denial.reason)
@@ -293,9 +298,8 @@ class Reloader:
             rid = denial.restriction.id
             self.evictions[rid] = self.evictions.get(rid, 0) + 1
             last_eviction = time.monotonic()
-            self.latencies.append(last_eviction - started)
-        if len(self.latencies) > 100_000:
-            del self.latencies[:-100_000]
+            if self.observer is not None:
+                self.observer.evicted(rid, last_eviction - started)
         return ReloadOutcome(True, trigger, str(state.snapshot.version), rechecked=rechecked,
                              evicted=evicted, would_evict=would,
                              seconds=last_eviction - started, time=time.time())

@@ -39,6 +39,8 @@ from proxy.config import Config, DenialStyle, Snapshot
 from proxy.errors import (
     AddressError,
     ClientError,
+    ConfigError,
+    ConfigIssue,
     HandshakeError,
     JoinTimeout,
     PolicyViolation,
@@ -146,6 +148,10 @@ class ServerState:
         self.counts: dict[str, int] = {
             "connections": 0, "handshake-refused": 0, "upstream-failed": 0, "relays-closed": 0,
         }  # fmt: skip
+        #: Handshakes refused, by HTTP status.
+        self.refused: dict[int, int] = {}
+        #: Relay counters of closed sessions: (messages, bytes) client->upstream, upstream->client.
+        self.relay_totals = [0, 0, 0, 0]
         limits = snapshot.config.limits
         self.admission = Admission(
             snapshot.restrictions,
@@ -334,6 +340,7 @@ class ClientConnection(asyncio.Protocol):
             if denial is not None:
                 if state.config.protocol.denial is DenialStyle.HTTP:
                     state.counts["handshake-refused"] += 1
+                    state.refused[451] = state.refused.get(451, 0) + 1
                     self._write(denial.http)
                     self._close_transport()
                 else:
@@ -358,6 +365,7 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         """Answer the HTTP request with an error and close."""
         self.state.counts["handshake-refused"] += 1
+        self.state.refused[status] = self.state.refused.get(status, 0) + 1
         self._write(build_error_response(status, text + "\n", headers))
         self._close_transport()
 
@@ -558,7 +566,11 @@ class ClientConnection(asyncio.Protocol):
             idle_timeout=limits.idle_timeout, inspect=not state.adapter.decides_at_upgrade,
         )
         if self.raw_join:
-            upstream.write(b"".join(self.raw_join))
+            join_bytes = b"".join(self.raw_join)
+            upstream.write(join_bytes)
+            relay.up.messages += 1
+            relay.up.frames += len(self.raw_join)
+            relay.up.bytes += len(join_bytes)
             self.raw_join = []
         rest = bytes(self.buffer)
         self.buffer = bytearray()
@@ -567,8 +579,14 @@ class ClientConnection(asyncio.Protocol):
         relay.start(rest, upstream_rest)
 
     def _relay_closed(self, relay: Relay) -> None:
-        self.state.registry.remove(relay.session)
-        self.state.counts["relays-closed"] += 1
+        state = self.state
+        state.registry.remove(relay.session)
+        state.counts["relays-closed"] += 1
+        totals = state.relay_totals
+        totals[0] += relay.up.messages
+        totals[1] += relay.up.bytes
+        totals[2] += relay.down.messages
+        totals[3] += relay.down.bytes
         self.state.changed.set()
 
     # ---- small helpers -------------------------------------------------------------------------
@@ -618,6 +636,15 @@ class Server:
     def __init__(self, snapshot: Snapshot, geo: GeoResolver | None = None,
                  overrides: Mapping[str, Any] | None = None) -> None:
         config = snapshot.config
+        token = None
+        if config.admin.enabled:
+            # Checked before anything is opened: a missing token is a config error at start.
+            from proxy.admin import read_token
+
+            if config.admin.token_file is None:
+                raise ConfigError(ConfigIssue(str(config.source), "admin.token_file",
+                                              "the admin server needs a token file"))
+            token = read_token(config.admin.token_file)
         if geo is None:
             geo = GeoResolver(GeoIPSettings(
                 database=config.geoip.database,
@@ -634,6 +661,15 @@ class Server:
 
         assert snapshot.config.source is not None, "a snapshot loaded from a file"
         self.reloader = Reloader(self, snapshot.config.source, overrides)
+        from proxy.control import Control
+
+        self.control = Control(self)
+        self.reloader.observer = self.control
+        self.admin: Any = None
+        if token is not None:
+            from proxy.admin import AdminServer
+
+            self.admin = AdminServer(self.control, config.admin.host, config.admin.port, token)
 
     @property
     def port(self) -> int:
@@ -667,7 +703,11 @@ class Server:
             lambda: ClientConnection(self.state), listen.host, listen.port,
             backlog=listen.backlog, ssl=self._ssl, reuse_address=True,
         )
+        if self.admin is not None:
+            await self.admin.start()
+            log.info("admin server listening on %s", self.admin.url)
         self.reloader.start()
+        self.control.start()
         log.info("geogate listening on %s, upstream %s", self.url, self.state.config.upstream.url)
 
     def check_files(self) -> None:
@@ -730,6 +770,9 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._server.wait_closed()
+        await self.control.close()
+        if self.admin is not None:
+            await self.admin.close()
         state.geo.close()
 
     async def __aenter__(self) -> Server:

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from proxy.adapters.base import Join
 from proxy.geo import GeoResult
@@ -35,6 +36,7 @@ class Session:
         close: closes the session's relay with a code and reason; set by the relay.
         evict: removes the participant with a notice, close code and reason; set by the relay.
         abort: drops both legs at once (the end of a shutdown); set by the relay.
+        relay: the relay while the session is open (for its counters).
     """
 
     join: Join
@@ -46,6 +48,7 @@ class Session:
     close: Callable[[int, str], None] | None = None
     evict: Callable[[bytes, int, str], None] | None = None
     abort: Callable[[], None] | None = None
+    relay: Any = None
 
     @property
     def meeting(self) -> str:
