@@ -1,6 +1,7 @@
 # geogate container: the proxy with its configuration read from a mounted folder.
 #   docker build -t geogate .
 #   docker run -p 8080:8080 -p 8081:8081 -v "$PWD/config:/etc/geogate:ro" geogate
+#   docker run -p 8080:8080 geogate run-demo      (the demo: proxy and demo meeting server)
 # Install steps are the Makefile's: a virtualenv, then pip install of this package.
 FROM python:3.11-slim
 
@@ -24,11 +25,16 @@ RUN /opt/geogate/.venv/bin/geogate geoip build /etc/geogate/demo/geoip.csv \
         -o /etc/geogate/demo-geoip.mmdb \
     && sed -i 's#^database = "../build/demo-geoip.mmdb"#database = "demo-geoip.mmdb"#' \
         /etc/geogate/geogate.toml \
-    && sed -i 's#^host = "127.0.0.1"#host = "0.0.0.0"#' /etc/geogate/geogate.toml
+    && sed -i 's#^host = "127.0.0.1"#host = "0.0.0.0"#' /etc/geogate/geogate.toml \
+    && sed -i 's#^path = "../var/audit.jsonl"#path = "/var/lib/geogate/audit.jsonl"#' \
+        /etc/geogate/geogate.toml \
+    && mkdir -p /var/lib/geogate && chown geogate /var/lib/geogate
 
 USER geogate
 EXPOSE 8080 8081
 ENV PATH=/opt/geogate/.venv/bin:$PATH
-# A HEALTHCHECK on the admin server's /healthz comes with the admin server.
+# `geogate health` asks the admin server's /healthz when [admin] is enabled in the mounted config,
+# else checks that the proxy's port accepts connections.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["geogate", "health"]
 ENTRYPOINT ["geogate"]
-CMD ["check"]
+CMD ["serve"]

@@ -5,6 +5,8 @@ Commands:
     run-demo        run the proxy and the demo meeting server together (``make run``)
     demo-upstream   run the demo meeting server alone
     probe           join a meeting through the proxy from a chosen address; say what happened
+    report          a transparency report (Markdown, JSON or CSV) from audit files
+    health          exit 0 when the running proxy answers (container health checks)
     check           validate the configuration, restrictions and databases; print a summary
     lookup          resolve an address to a region and list what bars it now
     geoip build     write a MaxMind-format database from a CSV
@@ -259,6 +261,36 @@ def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     return {"admitted": 0, "denied": 3}.get(result.outcome, 4)
 
 
+def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    """Write a transparency report from audit files."""
+    from proxy.report import run_report
+
+    return run_report([Path(p) for p in args.audit], args.since, args.until, args.format, out)
+
+
+def cmd_health(args: argparse.Namespace, out: TextIO) -> int:
+    """Exit 0 when the proxy is alive: the admin /healthz answers, or the listener accepts."""
+    import socket
+    import urllib.request
+
+    config = _load(args)
+    admin, listen = config.admin, config.listen
+    try:
+        if admin.enabled:
+            host = "127.0.0.1" if admin.host in ("0.0.0.0", "::") else admin.host
+            with urllib.request.urlopen(f"http://{host}:{admin.port}/healthz",
+                                        timeout=args.timeout) as response:
+                print(f"healthy: admin /healthz answered {response.status}", file=out)
+        else:
+            host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+            with socket.create_connection((host, listen.port), timeout=args.timeout):
+                print(f"healthy: {host}:{listen.port} accepts connections", file=out)
+    except OSError as exc:
+        print(f"unhealthy: {exc}", file=out)
+        return 1
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geogate", description="Geo-gating WebSocket proxy for video-conference signaling."
@@ -297,6 +329,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="local source address, such as 127.0.1.7")
     probe.add_argument("--timeout", type=float, default=10.0)
     probe.set_defaults(func=cmd_probe)
+
+    report = sub.add_parser("report", help="a transparency report from audit files")
+    report.add_argument("audit", nargs="+", help="audit files (JSON lines, plain or gzip)")
+    report.add_argument("--since", help="RFC 3339 start, inclusive (a date is midnight UTC)")
+    report.add_argument("--until", help="RFC 3339 end, exclusive")
+    report.add_argument("--format", choices=["md", "json", "csv"], default="md")
+    report.set_defaults(func=cmd_report)
+
+    health = sub.add_parser("health", help="exit 0 when the running proxy answers")
+    with_config(health)
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(func=cmd_health)
 
     check = sub.add_parser("check", help="validate configuration, restrictions and databases")
     with_config(check)

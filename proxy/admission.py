@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 import orjson
 
 from proxy.adapters.base import Join
+from proxy.audit import AuditEvent, AuditLog
 from proxy.frames import Opcode, encode_frame
 from proxy.geo import GeoResult
 from proxy.handshake import build_error_response
@@ -28,7 +29,9 @@ from proxy.policy.restrictions import Restriction
 
 __all__ = ["NOTICE_CLOSE_CODE", "Admission", "Denial"]
 
-audit_log = logging.getLogger("proxy.audit")
+log = logging.getLogger("proxy.admission")
+#: One line per decision (rate-limited); the audit trail has every decision.
+decision_log = logging.getLogger("proxy.decisions")
 
 #: The close code a barred participant receives (after HTTP 451, RFC 7725).
 NOTICE_CLOSE_CODE = 4451
@@ -97,15 +100,24 @@ class Admission:
         clock: wall-clock time (Unix seconds).
         monotonic: a monotonic clock for the retry window.
         count: called with (outcome, restriction id) for every join decision, for metrics.
+        audit: where decisions are recorded (None: nowhere).
+        geoip_build: the build time of the GeoIP database in service, for audit records.
+        log_rate: decision lines per second at most in the process log.
     """
 
     __slots__ = (
         "_denials",
         "_notices",
+        "_suppressed",
+        "_tokens",
+        "_tokens_at",
+        "audit",
         "cache_size",
         "clock",
         "count",
         "counts",
+        "geoip_build",
+        "log_rate",
         "monotonic",
         "restrictions",
         "retry_window",
@@ -120,6 +132,9 @@ class Admission:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         count: Callable[[str, str], None] | None = None,
+        audit: AuditLog | None = None,
+        geoip_build: Callable[[], int | None] = lambda: None,
+        log_rate: float = 50.0,
     ) -> None:
         self.restrictions = restrictions
         self.retry_window = retry_window
@@ -127,6 +142,12 @@ class Admission:
         self.clock = clock
         self.monotonic = monotonic
         self.count = count
+        self.audit = audit
+        self.geoip_build = geoip_build
+        self.log_rate = log_rate
+        self._tokens = log_rate
+        self._tokens_at = monotonic()
+        self._suppressed = 0
         self._denials: dict[tuple[object, str], tuple[float, object, GeoResult, Denial]] = {}
         self._notices: dict[tuple[object, str, str], Denial] = {}
         #: Decisions by outcome: admit, deny, deny-reused, would-deny; re-checks: evict and
@@ -186,6 +207,8 @@ class Admission:
                     self.count("would_deny", decision.matches[0].restriction.id)
             if self.count is not None:
                 self.count("admit", "")
+            if self.audit is not None:
+                self.record_admit(join, address, geo, peer)
             return None
         self.counts["deny"] += 1
         if self.count is not None:
@@ -231,28 +254,56 @@ class Admission:
         geo: GeoResult,
         peer: str,
     ) -> None:
-        if not audit_log.isEnabledFor(logging.INFO):
-            return
+        """One audit record per matching restriction (the one that denied, and every dry run)."""
         for match in decision.matches:
             r = match.restriction
             kind = event if match.enforced else f"would-{event.removeprefix('would-')}"
             if not event.startswith("would-") and match.enforced and r is not decision.denied_by:
                 continue  # the one that denied is recorded; others enforced add nothing new
-            audit_log.info(
-                "%s",
-                orjson.dumps({
-                    "event": kind,
-                    "restriction": r.id,
-                    "legal_basis": r.legal_basis,
-                    "authority": r.authority,
-                    "reason": match.reason.value,
-                    "meeting": join.meeting,
-                    "participant": join.participant,
-                    "kind": join.kind.value,
-                    "region": str(geo.location),
-                    "resolved": geo.how.value,
-                    "address": str(address),
-                    "peer": peer,
-                    "version": str(decision.version),
-                }).decode(),
+            self._write(kind, join, address, geo, r, match.reason.value)
+            self._log(kind, join, geo, r, peer)
+
+    def record_admit(self, join: Join, address: IPv4Address | IPv6Address, geo: GeoResult,
+                     peer: str = "") -> None:
+        """Record an admission into a meeting that a restriction names (any window, any mode)."""
+        if self.restrictions.scopes(join.meeting):
+            self._write("admit", join, address, geo, None, None)
+
+    def _write(self, event: str, join: Join, address: IPv4Address | IPv6Address,
+               geo: GeoResult, r: Restriction | None, reason: str | None) -> None:
+        audit = self.audit
+        if audit is None:
+            return
+        try:
+            audit.record(
+                AuditEvent(event), meeting=join.meeting, participant=join.participant,
+                region=str(geo.location), resolved=geo.how.value, address=address,
+                config_version=str(self.restrictions.version),
+                kind="reeval" if event in ("evict", "would-evict") else join.kind.value,
+                restriction=None if r is None else r.id,
+                legal_basis=None if r is None else r.legal_basis,
+                authority=None if r is None else r.authority,
+                reason=reason, geoip_build=self.geoip_build(),
             )
+        except ValueError:  # a record the audit log refuses is a bug to see, not to crash on
+            log.exception("audit record refused")
+
+    def _log(self, event: str, join: Join, geo: GeoResult, r: Restriction, peer: str) -> None:
+        """A decision line in the process log, rate-limited so a storm cannot flood it."""
+        if not decision_log.isEnabledFor(logging.INFO):
+            return
+        now = self.monotonic()
+        rate = self.log_rate
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            self._suppressed += 1
+            return
+        self._tokens -= 1
+        suppressed, self._suppressed = self._suppressed, 0
+        decision_log.info(
+            "%s %s by %s (%s; %s) meeting=%s participant=%s region=%s peer=%s%s",
+            event, join.kind.value, r.id, r.legal_basis, r.authority, join.meeting,
+            join.participant, geo.location, peer,
+            f" ({suppressed} decision lines suppressed)" if suppressed else "",
+        )

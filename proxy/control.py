@@ -79,9 +79,7 @@ class Control:
                 functools.partial(self._relay_total, index))
             m.relay_bytes.labels(direction=direction).set_function(
                 functools.partial(self._relay_total, index + 1))
-        audit = getattr(state, "audit", None)
-        if audit is not None:
-            m.audit_pending.set_function(lambda: audit.pending)
+        m.audit_pending.set_function(lambda: state.audit.pending)
         m.set_config_version(str(state.snapshot.version))
         m.reload_timestamp.set(time.time())
         state.admission.count = self.count_join
@@ -166,17 +164,16 @@ class Control:
         geoip = (geo.last_error is None,
                  geo.last_error or f"{geo.database_type} built {_rfc3339(geo.build_epoch)}")
         checks = {"config": config, "geoip": geoip, "upstream": self.upstream_ok}
-        audit = getattr(state, "audit", None)
-        if audit is not None:
-            ok = audit.healthy and not audit.dropped
-            detail = "writable" if ok else (audit.last_error or f"{audit.dropped} records dropped")
-            checks["audit"] = (ok, detail)
+        audit = state.audit
+        if audit.enabled:
+            problem = audit.problem
+            checks["audit"] = (problem is None, problem or "writable")
         return checks
 
     def metrics_text(self) -> str:
-        audit = getattr(self.state, "audit", None)
+        audit = self.state.audit
         m = self.metrics
-        if audit is not None:
+        if audit.enabled:
             # Counters kept by the audit writer, brought up to date at scrape time.
             for family, value in ((m.audit_write_failures, audit.write_failures),
                                   (m.audit_dropped, audit.dropped)):

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from proxy.adapters.base import Adapter, Join
 from proxy.admission import NOTICE_CLOSE_CODE, Admission, Denial
+from proxy.audit import AuditLog, AuditSettings
 from proxy.config import Config, DenialStyle, Snapshot
 from proxy.errors import (
     AddressError,
@@ -125,6 +126,37 @@ class UpstreamTarget:
         return f"{path}?{query}" if query else path
 
 
+def open_audit(config: Config) -> AuditLog:
+    """The audit trail the configuration asks for (a disabled one when ``audit.path`` is empty).
+
+    Raises:
+        ConfigError: the key file cannot be read or is too short.
+    """
+    audit = config.audit
+    key = None
+    if audit.key_file is not None:
+        try:
+            key = audit.key_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(ConfigIssue(str(config.source), "audit.key_file",
+                                          f"cannot read {audit.key_file}: {exc}")) from None
+        if len(key) < 16:
+            raise ConfigError(ConfigIssue(str(config.source), "audit.key_file",
+                                          f"{audit.key_file} holds {len(key)} bytes; the "
+                                          "pseudonym key needs at least 16"))
+    if audit.path is not None:
+        audit.path.parent.mkdir(parents=True, exist_ok=True)
+    log_ = AuditLog(AuditSettings(
+        path=audit.path, max_bytes=audit.max_bytes, keep=audit.keep,
+        pseudonymise=audit.pseudonymise, key=key, truncate_v4=audit.truncate_v4,
+        truncate_v6=audit.truncate_v6, queue_max=audit.queue_max,
+    ))
+    if audit.path is not None and audit.pseudonymise and key is None:
+        log.warning("audit.key_file is not set: participant pseudonyms use a random key and "
+                    "will not match across restarts")
+    return log_
+
+
 class ServerState:
     """Everything the connections share: one object, passed around, no globals.
 
@@ -153,10 +185,14 @@ class ServerState:
         #: Relay counters of closed sessions: (messages, bytes) client->upstream, upstream->client.
         self.relay_totals = [0, 0, 0, 0]
         limits = snapshot.config.limits
+        self.audit = open_audit(snapshot.config)
         self.admission = Admission(
             snapshot.restrictions,
             retry_window=limits.retry_window,
             cache_size=limits.decision_cache_size,
+            audit=self.audit,
+            geoip_build=lambda: self.geo.build_epoch,
+            log_rate=snapshot.config.logging.decision_lines_per_second,
         )
         self.apply(snapshot)
 
@@ -774,6 +810,7 @@ class Server:
         if self.admin is not None:
             await self.admin.close()
         state.geo.close()
+        await asyncio.to_thread(state.audit.close)
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -12,25 +12,42 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from proxy.config import Snapshot
 from proxy.server import Server
 
-__all__ = ["configure_logging", "loop_factory", "run", "serve"]
+__all__ = ["JsonFormatter", "configure_logging", "loop_factory", "run", "serve"]
 
 log = logging.getLogger("proxy.service")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (RFC 3339, UTC), level, logger, message, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
 
 
 def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     """Log to standard error: one line per record, JSON lines with ``json``."""
     handler = logging.StreamHandler(sys.stderr)
     if json:
-        handler.setFormatter(logging.Formatter(
-            '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-            '"message":%(message)r}'))
+        handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

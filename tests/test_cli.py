@@ -153,3 +153,28 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO(capsys.readouterr().out).read()
     for command in ("serve", "run-demo", "demo-upstream", "probe", "check", "lookup", "geoip"):
         assert command in out
+
+
+async def test_health_follows_the_listener(tmp_path: Path, proxies: ProxyFactory,
+                                           upstream: DemoUpstream) -> None:
+    """geogate health exits 0 while the proxy listens and 1 once it is gone."""
+    server = await proxies.start(upstream.url, "")
+    config = server.state.config.source
+    port = server.port
+    assert config is not None
+
+    async def health() -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "health", "--config", str(config),
+            "--set", f"listen.port={port}", stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        out, _ = await asyncio.wait_for(process.communicate(), TIMEOUT * 3)
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+    code, out = await health()
+    assert code == 0 and out.startswith("healthy"), out
+    await server.close(drain_period=0, timeout=1)
+    proxies.servers.remove(server)
+    code, out = await health()
+    assert code == 1 and out.startswith("unhealthy"), out
