@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import enum
 import gc
+import hashlib
 import math
 import os
 import platform
@@ -99,6 +100,7 @@ __all__ = [
     "render_report",
     "run_benchmark",
     "source_addresses",
+    "sources_digest",
 ]
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -138,8 +140,8 @@ class Section(enum.StrEnum):
 # Process accounting (/proc, Linux)
 
 
-def _stat(pid: int) -> tuple[int, int]:
-    """Return (ppid, utime + stime in clock ticks) of a process from /proc/PID/stat.
+def _stat(pid: int) -> tuple[int, int, int]:
+    """Return (ppid, utime, stime), times in clock ticks, of a process from /proc/PID/stat.
 
     Raises:
         OSError: the process is gone.
@@ -148,7 +150,7 @@ def _stat(pid: int) -> tuple[int, int]:
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     fields = text[text.rindex(b")") + 2 :].split()
     # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15 (proc(5)).
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), int(fields[11]), int(fields[12])
 
 
 class ProcessGroup:
@@ -174,7 +176,7 @@ class ProcessGroup:
             if not entry.name.isdigit():
                 continue
             try:
-                ppid, _ = _stat(int(entry.name))
+                ppid = _stat(int(entry.name))[0]
             except (OSError, ValueError, IndexError):
                 continue  # exited while we looked
             parents.setdefault(ppid, []).append(int(entry.name))
@@ -183,20 +185,31 @@ class ProcessGroup:
             found.extend(parents.get(pid, ()))
         return found
 
+    def cpu_times(self) -> tuple[float, float]:
+        """User and system (kernel) CPU time of the group so far, in seconds.
+
+        Raises:
+            BenchmarkError: the root process is gone.
+        """
+        user = system = 0
+        for pid in self.pids():
+            try:
+                _, utime, stime = _stat(pid)
+            except OSError as exc:
+                if pid == self.pid:
+                    raise BenchmarkError(f"process {pid} is gone") from exc
+                continue
+            user += utime
+            system += stime
+        return user / _CLK_TCK, system / _CLK_TCK
+
     def cpu_seconds(self) -> float:
         """User plus system CPU time of the group so far, in seconds.
 
         Raises:
             BenchmarkError: the root process is gone.
         """
-        total = 0
-        for pid in self.pids():
-            try:
-                total += _stat(pid)[1]
-            except OSError as exc:
-                if pid == self.pid:
-                    raise BenchmarkError(f"process {pid} is gone") from exc
-        return total / _CLK_TCK
+        return sum(self.cpu_times())
 
     def rss_bytes(self) -> int:
         """Resident memory of the group, in bytes (/proc/PID/statm).
@@ -274,6 +287,11 @@ def _per_op_us(cpu: float | None, count: int) -> float | None:
     return None if cpu is None or count <= 0 else cpu / count * 1e6
 
 
+def _busy(cpu: float | None, seconds: float) -> float | None:
+    """CPU seconds over wall seconds, in percent: below 100 the proxy was not saturated."""
+    return None if cpu is None or seconds <= 0 else cpu / seconds * 100
+
+
 def _check_counts(obj: object, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 0:
@@ -292,6 +310,8 @@ class RttResult:
         proxy_cpu: CPU seconds the proxy spent in the phase (None: no proxy, direct).
         upstream_cpu: CPU seconds the demo meeting server spent.
         errors: replies that were not the echo; ``lost``: round trips cut by a closed connection.
+        proxy_sys_cpu: the part of ``proxy_cpu`` spent in the kernel (system time).
+        generator_cpu: CPU seconds the load generator (this process) spent.
 
     Raises:
         ValueError: a negative count or duration.
@@ -306,6 +326,8 @@ class RttResult:
     upstream_cpu: float | None
     errors: int = 0
     lost: int = 0
+    proxy_sys_cpu: float | None = None
+    generator_cpu: float | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self, "connections", "round_trips", "seconds", "errors", "lost")
@@ -317,7 +339,10 @@ class RttResult:
             "p50_us": self.p50 * 1e6,
             "p99_us": self.p99 * 1e6,
             "proxy_cpu_us": _per_op_us(self.proxy_cpu, self.round_trips),
+            "proxy_sys_cpu_us": _per_op_us(self.proxy_sys_cpu, self.round_trips),
+            "proxy_busy_pct": _busy(self.proxy_cpu, self.seconds),
             "upstream_cpu_us": _per_op_us(self.upstream_cpu, self.round_trips),
+            "generator_cpu_us": _per_op_us(self.generator_cpu, self.round_trips),
             "errors": float(self.errors + self.lost),
         }
 
@@ -333,6 +358,8 @@ class JoinResult:
         p50: median time from connect to first echo, seconds; ``p99``: 99th percentile.
         proxy_cpu: CPU seconds the proxy spent, closes included (None: direct).
         upstream_cpu: CPU seconds the demo meeting server spent.
+        proxy_sys_cpu: the part of ``proxy_cpu`` spent in the kernel (system time).
+        generator_cpu: CPU seconds the load generator (this process) spent.
         first_error: the first failure's description, if any.
 
     Raises:
@@ -346,6 +373,8 @@ class JoinResult:
     p99: float
     proxy_cpu: float | None
     upstream_cpu: float | None
+    proxy_sys_cpu: float | None = None
+    generator_cpu: float | None = None
     first_error: str = ""
 
     def __post_init__(self) -> None:
@@ -358,7 +387,10 @@ class JoinResult:
             "first_echo_p50_ms": self.p50 * 1e3,
             "first_echo_p99_ms": self.p99 * 1e3,
             "proxy_cpu_us": _per_op_us(self.proxy_cpu, self.joins),
+            "proxy_sys_cpu_us": _per_op_us(self.proxy_sys_cpu, self.joins),
+            "proxy_busy_pct": _busy(self.proxy_cpu, self.seconds),
             "upstream_cpu_us": _per_op_us(self.upstream_cpu, self.joins),
+            "generator_cpu_us": _per_op_us(self.generator_cpu, self.joins),
             "failures": float(self.failures),
         }
 
@@ -409,6 +441,40 @@ Result = RttResult | JoinResult | MemoryResult
 
 # --------------------------------------------------------------------------------------------
 # Measurements (in the load generator's event loop; they never start processes)
+
+
+class _CpuWindow:
+    """CPU time spent by the proxy and the demo meeting server from creation to :meth:`read`."""
+
+    __slots__ = ("_own_start", "_proxy", "_proxy_start", "_upstream", "_upstream_start")
+
+    def __init__(self, proxy: ProcessGroup | None, upstream: ProcessGroup | None) -> None:
+        self._proxy = proxy
+        self._upstream = upstream
+        self._proxy_start = proxy.cpu_times() if proxy is not None else (0.0, 0.0)
+        self._upstream_start = upstream.cpu_seconds() if upstream is not None else 0.0
+        self._own_start = _own_cpu()
+
+    def read(self) -> tuple[float | None, float | None, float | None, float]:
+        """Return (proxy CPU, of which system, upstream CPU, load generator CPU) in seconds.
+
+        Proxy and upstream figures are None when they are not sampled.
+        """
+        own = _own_cpu() - self._own_start
+        proxy_cpu = proxy_sys = upstream_cpu = None
+        if self._proxy is not None:
+            user, system = self._proxy.cpu_times()
+            proxy_sys = system - self._proxy_start[1]
+            proxy_cpu = user - self._proxy_start[0] + proxy_sys
+        if self._upstream is not None:
+            upstream_cpu = self._upstream.cpu_seconds() - self._upstream_start
+        return proxy_cpu, proxy_sys, upstream_cpu, own
+
+
+def _own_cpu() -> float:
+    """This process's CPU time (the load generator's), from getrusage (microsecond resolution)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _Counter:
@@ -551,8 +617,7 @@ async def measure_rtt(
             load.stop()
             if not await load.drained(timeout):
                 raise BenchmarkError("the warm-up load did not drain")
-        proxy_before = proxy.cpu_seconds() if proxy is not None else None
-        upstream_before = upstream.cpu_seconds() if upstream is not None else None
+        window = _CpuWindow(proxy, upstream)
         load = EchoLoad()
         started = time.perf_counter()
         load.start(participants)
@@ -561,10 +626,7 @@ async def measure_rtt(
         if not await load.drained(timeout):
             raise BenchmarkError(f"{load.inflight} round trips still in flight after {timeout} s")
         seconds = time.perf_counter() - started
-        proxy_cpu = proxy.cpu_seconds() - proxy_before if proxy_before is not None and \
-            proxy is not None else None
-        upstream_cpu = upstream.cpu_seconds() - upstream_before if upstream_before is not None \
-            and upstream is not None else None
+        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
     finally:
         gc.enable()
         await close_all(participants)
@@ -573,6 +635,7 @@ async def measure_rtt(
         connections=connections, round_trips=len(samples), seconds=seconds,
         p50=percentile(samples, 0.5), p99=percentile(samples, 0.99),
         proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, errors=load.errors, lost=load.lost,
+        proxy_sys_cpu=proxy_sys, generator_cpu=generator_cpu,
     )
 
 
@@ -637,17 +700,13 @@ async def measure_joins(
             opened.clear()
         gc.collect()
         gc.disable()
-        proxy_before = proxy.cpu_seconds() if proxy is not None else None
-        upstream_before = upstream.cpu_seconds() if upstream is not None else None
+        window = _CpuWindow(proxy, upstream)
         started = time.perf_counter()
         await _run_workers(joins, concurrency, make_job(f"join-{tag}", True), timeout)
         seconds = time.perf_counter() - started
         await close_all(opened)
         await asyncio.sleep(_SETTLE)
-        proxy_cpu = proxy.cpu_seconds() - proxy_before if proxy_before is not None and \
-            proxy is not None else None
-        upstream_cpu = upstream.cpu_seconds() - upstream_before if upstream_before is not None \
-            and upstream is not None else None
+        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
     finally:
         gc.enable()
         for participant in opened:
@@ -656,8 +715,8 @@ async def measure_joins(
     return JoinResult(
         joins=len(times), failures=len(failures), seconds=seconds,
         p50=percentile(times, 0.5), p99=percentile(times, 0.99),
-        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu,
-        first_error=failures[0] if failures else "",
+        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, proxy_sys_cpu=proxy_sys,
+        generator_cpu=generator_cpu, first_error=failures[0] if failures else "",
     )
 
 
@@ -1054,7 +1113,10 @@ _ROWS: Final[dict[Section, tuple[_Row, ...]]] = {
         _Row("p50_us", "latency p50 (us)", "{:,.0f}"),
         _Row("p99_us", "latency p99 (us)", "{:,.0f}"),
         _Row("proxy_cpu_us", "proxy CPU per round trip (us)", "{:.1f}"),
+        _Row("proxy_sys_cpu_us", "  of which kernel (us)", "{:.1f}"),
+        _Row("proxy_busy_pct", "proxy CPU busy (%)", "{:.0f}"),
         _Row("upstream_cpu_us", "upstream CPU per round trip (us)", "{:.1f}", ratio=False),
+        _Row("generator_cpu_us", "load generator CPU per rt (us)", "{:.1f}", ratio=False),
         _Row("errors", "errors (all rounds)", "{:.0f}", ratio=False, total=True),
     ),
     Section.JOINS: (
@@ -1062,7 +1124,10 @@ _ROWS: Final[dict[Section, tuple[_Row, ...]]] = {
         _Row("first_echo_p50_ms", "time to first echo p50 (ms)", "{:.2f}"),
         _Row("first_echo_p99_ms", "time to first echo p99 (ms)", "{:.2f}"),
         _Row("proxy_cpu_us", "proxy CPU per join (us)", "{:.0f}"),
+        _Row("proxy_sys_cpu_us", "  of which kernel (us)", "{:.0f}"),
+        _Row("proxy_busy_pct", "proxy CPU busy (%)", "{:.0f}"),
         _Row("upstream_cpu_us", "upstream CPU per join (us)", "{:.0f}", ratio=False),
+        _Row("generator_cpu_us", "load generator CPU per join (us)", "{:.0f}", ratio=False),
         _Row("failures", "failed joins (all rounds)", "{:.0f}", ratio=False, total=True),
     ),
     Section.MEMORY: (
@@ -1216,7 +1281,19 @@ def render_report(sections: Sequence[SectionResults], targets: Sequence[Target])
     return "\n".join(lines)
 
 
-def _environment(env: Environment, options: Options, nofile: int) -> dict[str, Any]:
+def sources_digest() -> str:
+    """A short digest of geogate's sources (proxy/**/*.py), naming the code that was measured.
+
+    The benchmark may run on uncommitted code; this tells two runs' code apart.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "proxy").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _environment(env: Environment, options: Options, nofile: int, digest: str) -> dict[str, Any]:
     commit = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -1227,6 +1304,7 @@ def _environment(env: Environment, options: Options, nofile: int) -> dict[str, A
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": commit,
+        "proxy_sources_sha256": digest,
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
@@ -1343,6 +1421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "running unpinned", file=err, flush=True)
     folder = Path(tempfile.mkdtemp(prefix="geogate-bench-relay-"))
     started = time.monotonic()
+    digest = sources_digest()
     try:
         env = Environment(folder, nginx, options.proxy_cpu if pin else None,
                           options.load_cpu if pin else None)
@@ -1360,16 +1439,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if nginx else [])
         print(render_report(results, targets), file=out)
         print(f"\n(total {time.monotonic() - started:.0f} s; CPU is the proxy's own utime+stime; "
-              "ratio = median of per-round geogate/nginx)", file=out, flush=True)
+              "ratio = median of per-round geogate/nginx; geogate sources "
+              f"{digest}{', changed during the run' if sources_digest() != digest else ''})",
+              file=out, flush=True)
         if options.json_path is not None:
             report = {
-                "environment": _environment(env, options, nofile),
+                "environment": _environment(env, options, nofile, digest),
                 "options": {k: (str(v) if isinstance(v, Path | Section) else v)
                             for k, v in asdict(options).items()},
                 "sections": {r.key: r.to_json() for r in results},
                 "verdicts": [asdict(v) for v in _verdicts(results)],
             }
-            options.json_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+            options.json_path.write_bytes(
+                orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+            )
             print(f"figures written to {options.json_path}", file=out)
     except (GeogateError, OSError) as exc:
         print(f"bench_relay: {exc}\n(server logs kept in {folder})", file=err)
