@@ -119,6 +119,29 @@ class Direction(asyncio.Protocol):
             if not stopped:
                 self.dst.write(data)  # type: ignore[union-attr]
             return
+        if (n < 132 and not remaining and not self.pending and not self.msg_opcode
+                and not stopped and self._inject is None and n > 1):
+            # The common case of signaling: the chunk is exactly one small unfragmented text or
+            # binary frame (FIN set, no RSV bits, 7-bit length). Pass it without the loop.
+            first = data[0]
+            second = data[1]
+            if (first == 0x81 or first == 0x82) and second & 0x7F == n - (
+                    6 if self.from_client else 2) and bool(second & 0x80) == self.from_client:
+                if (self.inspect and first == 0x81 and relay.adapter.inspect(
+                        _TEXT, apply_mask(data[6:], data[2:6])) is not None):
+                    self._slow(data, n)  # a join: gated by the general path
+                    return
+                self.frames += 1
+                self.messages += 1
+                self.dst.write(data)  # type: ignore[union-attr]
+                return
+        self._slow(data, n)
+
+    def _slow(self, data: bytes, n: int) -> None:
+        """The general path: any chunk, any frames, boundaries tracked across chunks."""
+        relay = self.relay
+        remaining = self.remaining
+        stopped = self.stopped
         if self.pending:
             data = self.pending + data
             self.pending = b""
