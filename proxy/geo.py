@@ -79,16 +79,22 @@ class _PrefixMap(Generic[_T]):
     distinct prefix length instead of one ``ipaddress`` containment test per network.
     """
 
-    __slots__ = ("_v4", "_v6")
+    __slots__ = ("_v4", "_v4_octets", "_v6")
 
     def __init__(self, items: Iterable[tuple[Network, _T]]) -> None:
         by_length: tuple[dict[int, dict[int, _T]], dict[int, dict[int, _T]]] = ({}, {})
+        octets: set[int] = set()
         for network, value in items:
             table = by_length[0] if isinstance(network, IPv4Network) else by_length[1]
             entries = table.setdefault(network.prefixlen, {})
             entries.setdefault(int(network.network_address), value)
+            if isinstance(network, IPv4Network):
+                first = int(network.network_address) >> 24
+                octets.update(range(first, first + (1 << max(0, 8 - network.prefixlen))))
         self._v4 = self._tables(by_length[0], 32)
         self._v6 = self._tables(by_length[1], 128)
+        # The first octets any IPv4 network covers: most addresses are ruled out by one test.
+        self._v4_octets = frozenset(octets)
 
     @staticmethod
     def _tables(
@@ -104,6 +110,8 @@ class _PrefixMap(Generic[_T]):
 
     def get(self, v4: bool, value: int) -> _T | None:
         """The value of the most specific network holding ``value`` (an address as int)."""
+        if v4 and value >> 24 not in self._v4_octets:
+            return None
         for mask, entries in self._v4 if v4 else self._v6:
             hit = entries.get(value & mask)
             if hit is not None:
