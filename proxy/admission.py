@@ -20,6 +20,7 @@ import orjson
 
 from proxy.adapters.base import Join
 from proxy.audit import AuditEvent, AuditLog
+from proxy.errors import LocationDenied
 from proxy.frames import Opcode, encode_frame
 from proxy.geo import GeoResult
 from proxy.handshake import build_error_response
@@ -34,7 +35,7 @@ log = logging.getLogger("proxy.admission")
 decision_log = logging.getLogger("proxy.decisions")
 
 #: The close code a barred participant receives (after HTTP 451, RFC 7725).
-NOTICE_CLOSE_CODE = 4451
+NOTICE_CLOSE_CODE = LocationDenied.close_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +47,14 @@ class Denial:
         notice: the JSON notice frame (unmasked, to the client).
         reason: the close reason that goes with close code 4451.
         http: a complete HTTP 451 response, for refusals before the upgrade.
+        body: the notice as a mapping, for adapters that tell it in their own protocol's shape.
     """
 
     decision: Decision
     notice: bytes
     reason: str
     http: bytes
+    body: dict[str, object]
 
     @property
     def restriction(self) -> Restriction:
@@ -87,7 +90,7 @@ def make_denial(decision: Decision) -> Denial:
         # RFC 7725 section 3: identify who is blocking access.
         headers.append(("Link", f'<{r.notice_url}>; rel="blocked-by"'))
     http = build_error_response(451, orjson.dumps(body), headers)
-    return Denial(decision, notice, reason, http)
+    return Denial(decision, notice, reason, http, body)
 
 
 class Admission:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy.adapters.base import Adapter, Join
+from proxy.admission import NOTICE_CLOSE_CODE
 from proxy.errors import ClientError, MessageTooBig, ProtocolViolation
 from proxy.frames import (
     Header,
@@ -38,6 +39,7 @@ from proxy.frames import (
 )
 
 if TYPE_CHECKING:
+    from proxy.admission import Denial
     from proxy.sessions import Session
 
 __all__ = ["CLOSE_TIMEOUT", "Direction", "Relay", "close_frame"]
@@ -282,7 +284,7 @@ class Relay:
         session: the registry entry.
         adapter: the protocol adapter (reads later joins when ``inspect``).
         client: the client's transport; ``upstream``: the upstream's.
-        gate: decides a rejoin: None admits it; a denial is (notice frames, close code, reason).
+        gate: decides a rejoin: None admits it, else the denial to tell.
         on_close: called once when both legs are closed.
         max_message: largest message in either direction.
         write_buffer: the high-water mark of each transport's write buffer.
@@ -313,7 +315,7 @@ class Relay:
         client: asyncio.Transport,
         upstream: asyncio.Transport,
         *,
-        gate: Callable[[Session, Join], tuple[bytes, int, str] | None],
+        gate: Callable[[Session, Join], Denial | None],
         on_close: Callable[[Relay], None],
         max_message: int,
         write_buffer: int,
@@ -381,11 +383,11 @@ class Relay:
         denial = self.gate(self.session, join)
         if denial is None:
             return True
-        self.evict(*denial)
+        self.evict(denial)
         return False
 
-    def evict(self, notice: bytes, code: int, reason: str) -> None:
-        """Remove the participant: the notice and close to the client, a leave upstream.
+    def evict(self, denial: Denial) -> None:
+        """Remove the participant: the notice and 4451 to the client, a leave upstream.
 
         The upstream gets the adapter's leave messages and then a normal close, so it announces
         the departure at once; everyone else's sessions are untouched.
@@ -394,7 +396,8 @@ class Relay:
             encode_frame(_TEXT, message, mask=True)
             for message in self.adapter.leave_messages(self.session.join)
         )
-        self.close(code, reason, client_frames=notice, upstream_frames=leave)
+        self.close(NOTICE_CLOSE_CODE, denial.reason, client_frames=denial.notice,
+                   upstream_frames=leave)
 
     def fail(self, direction: Direction, exc: ClientError) -> None:
         """A protocol fault on one leg: close the client with the fault's code."""

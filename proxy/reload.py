@@ -293,7 +293,7 @@ class Reloader:
                         self.observer.would_evict(match)
             if denial is None:
                 continue
-            session.evict(denial.notice, 4451, denial.reason)
+            session.evict(denial)
             evicted += 1
             rid = denial.restriction.id
             self.evictions[rid] = self.evictions.get(rid, 0) + 1

@@ -214,7 +214,7 @@ class ServerState:
         """Client connections in any phase."""
         return len(self.connections) + len(self.registry)
 
-    def rejoin(self, session: Session, join: Join) -> tuple[bytes, int, str] | None:
+    def rejoin(self, session: Session, join: Join) -> Denial | None:
         """Gate a join sent on an admitted connection (the relay's callback)."""
         denial = self.admission.decide(join, session.address, session.geo, peer=session.peer)
         if denial is None:
@@ -225,7 +225,7 @@ class ServerState:
             return None
         log.info("session %d: rejoin into %s barred by %s", session.id, join.meeting,
                  denial.restriction.id)
-        return denial.notice, NOTICE_CLOSE_CODE, denial.reason
+        return denial
 
 
 class _UpstreamHandshake(asyncio.Protocol):
