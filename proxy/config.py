@@ -44,6 +44,7 @@ __all__ = [
     "DenialStyle",
     "GeoIPConfig",
     "GeoIPOverride",
+    "JanusProtocolConfig",
     "JsonProtocolConfig",
     "LimitsConfig",
     "ListenConfig",
@@ -238,13 +239,24 @@ class UrlProtocolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JanusProtocolConfig:
+    """The ``janus`` adapter: VideoRoom rooms are meetings, a Janus session is the participant."""
+
+    reclaim_timeout: float = field(default=0.0, metadata=_check(_non_negative))
+    max_sessions: int = field(default=10_000, metadata=_check(_at_least(1)))
+    transaction_timeout: float = field(default=60.0, metadata=_check(_positive))
+    plugins: tuple[str, ...] = ("janus.plugin.videoroom",)
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolConfig:
     """Which signaling protocol the upstream speaks, and how a barred participant is told."""
 
-    adapter: Literal["json", "url"] = "json"
+    adapter: Literal["json", "url", "janus"] = "json"
     denial: DenialStyle = DenialStyle.NOTICE
     json: JsonProtocolConfig = JsonProtocolConfig()
     url: UrlProtocolConfig = UrlProtocolConfig()
+    janus: JanusProtocolConfig = JanusProtocolConfig()
 
     def __post_init__(self) -> None:
         if self.denial is DenialStyle.HTTP and self.adapter != "url":

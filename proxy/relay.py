@@ -333,13 +333,16 @@ class Relay:
         self.idle_timeout = idle_timeout
         self.last_active = self.clock()
         self.ending: str | None = None
-        self.up = Direction(self, from_client=True, inspect=inspect, max_message=max_message)
-        self.down = Direction(self, from_client=False, inspect=False, max_message=max_message)
+        self.up, self.down = self._directions(inspect, max_message)
         self.up.src, self.up.dst = client, upstream
         self.down.src, self.down.dst = upstream, client
         for transport in (client, upstream):
             transport.set_write_buffer_limits(high=write_buffer)
         self._timer: asyncio.TimerHandle | None = None
+
+    def _directions(self, inspect: bool, max_message: int) -> tuple[Direction, Direction]:
+        return (Direction(self, from_client=True, inspect=inspect, max_message=max_message),
+                Direction(self, from_client=False, inspect=False, max_message=max_message))
 
     def start(self, client_rest: bytes, upstream_rest: bytes) -> None:
         """Take over both transports and relay what each already sent."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.adapters.base import Adapter, Join
+from proxy.adapters.base import Join
 from proxy.admission import NOTICE_CLOSE_CODE, Admission, Denial
 from proxy.audit import AuditLog, AuditSettings
 from proxy.config import Config, DenialStyle, Snapshot
@@ -80,8 +80,15 @@ _HOP_HEADERS = frozenset({
 })  # fmt: skip
 
 
-def make_adapter(config: Config) -> Adapter:
+def make_adapter(config: Config) -> Any:
     """The protocol adapter the configuration names."""
+    if config.protocol.adapter == "janus":
+        from proxy.adapters.janus import JanusAdapter
+
+        janus = config.protocol.janus
+        return JanusAdapter(reclaim_timeout=janus.reclaim_timeout,
+                            max_sessions=janus.max_sessions,
+                            transaction_timeout=janus.transaction_timeout, plugins=janus.plugins)
     if config.protocol.adapter == "url":
         from proxy.adapters.url import UrlAdapter
 
@@ -173,6 +180,8 @@ class ServerState:
         self.geo = geo
         self.registry = Registry()
         self.connections: set[ClientConnection] = set()
+        #: Every relay (admitted connection); a Janus relay has one registry entry per room.
+        self.relays: set[Relay] = set()
         self.draining = False
         self.closing_code = 1001
         #: Set whenever a connection or session ends (shutdown waits on it).
@@ -200,9 +209,16 @@ class ServerState:
         """Put a new snapshot in force for new connections and joins."""
         self.snapshot = snapshot
         config = snapshot.config
+        previous = getattr(self, "config", None)
         self.config = config
         self.limits = config.limits
-        self.adapter = make_adapter(config)
+        if previous is None or previous.protocol != config.protocol:
+            # A stateful adapter remembers sessions across connections: keep it when unchanged.
+            self.adapter = make_adapter(config)
+        #: Whether the adapter keeps per-connection state and reads both ways (Janus).
+        self.stateful = hasattr(self.adapter, "connect")
+        #: Whether the meeting is known at the upgrade (url adapter): decide before it.
+        self.at_upgrade = bool(getattr(self.adapter, "decides_at_upgrade", False))
         self.trusted = TrustedNetworks(config.client_address.trusted_proxies)
         self.header = config.client_address.header
         self.header_name = self.header.value
@@ -212,7 +228,7 @@ class ServerState:
     @property
     def open_connections(self) -> int:
         """Client connections in any phase."""
-        return len(self.connections) + len(self.registry)
+        return len(self.connections) + len(self.relays)
 
     def rejoin(self, session: Session, join: Join) -> Denial | None:
         """Gate a join sent on an admitted connection (the relay's callback)."""
@@ -362,7 +378,13 @@ class ClientConnection(asyncio.Protocol):
         self.geo = state.geo.resolve(client.address)
         adapter = state.adapter
         offered = request.subprotocols()
-        if adapter.decides_at_upgrade:
+        if state.stateful:
+            # Janus: the connection carries no meeting yet; its room requests are gated later.
+            self.life.to(State.CONNECTING)
+            self._cancel_timer()
+            self._connect(offered)
+            return
+        if state.at_upgrade:
             try:
                 join = adapter.from_request(request)
             except PolicyViolation as exc:
@@ -566,7 +588,7 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.is_closing():
             transport.abort()
             return
-        if state.adapter.decides_at_upgrade:
+        if state.at_upgrade or state.stateful:
             self._accept(chosen)
         elif chosen != self.subprotocol:
             transport.abort()
@@ -580,7 +602,7 @@ class ClientConnection(asyncio.Protocol):
         log.warning("%s: signaling server unavailable: %s", self.peer, detail)
         if self.transport is None or self.transport.is_closing():
             return
-        if self.state.adapter.decides_at_upgrade and self.subprotocol is None and \
+        if (self.state.at_upgrade or self.state.stateful) and self.subprotocol is None and \
                 self.life.state is State.CONNECTING:
             offered = self.request.subprotocols() if self.request else []
             self._accept(offered[0] if offered else None)
@@ -589,18 +611,34 @@ class ClientConnection(asyncio.Protocol):
     def _start_relay(self, upstream: asyncio.Transport, upstream_rest: bytes) -> None:
         state = self.state
         client = self.transport
-        assert client is not None and self.join is not None and self.geo is not None
+        assert client is not None and self.geo is not None
         limits = state.limits
-        session = Session(self.join, self.address, self.peer, self.geo, time.time())  # type: ignore[arg-type]
         self.life.to(State.RELAYING)
         state.connections.discard(self)
-        state.registry.add(session)
-        relay = Relay(
-            session, state.adapter, client, upstream,
-            gate=state.rejoin, on_close=self._relay_closed,
-            max_message=limits.max_message_bytes, write_buffer=limits.write_buffer_bytes,
-            idle_timeout=limits.idle_timeout, inspect=not state.adapter.decides_at_upgrade,
-        )
+        relay: Relay
+        if state.stateful:
+            from proxy.message_relay import ConnectionRelay
+
+            session = Session(Join(""), self.address, self.peer, self.geo, time.time())  # type: ignore[arg-type]
+            address, geo, peer = session.address, session.geo, session.peer
+            relay = ConnectionRelay(
+                session, state.adapter.connect(self.peer), client, upstream,
+                decide=lambda join: state.admission.decide(join, address, geo, peer=peer),
+                register=state.registry.add, unregister=state.registry.remove,
+                on_close=self._relay_closed, max_message=limits.max_message_bytes,
+                write_buffer=limits.write_buffer_bytes, idle_timeout=limits.idle_timeout,
+            )
+        else:
+            assert self.join is not None
+            session = Session(self.join, self.address, self.peer, self.geo, time.time())  # type: ignore[arg-type]
+            state.registry.add(session)
+            relay = Relay(
+                session, state.adapter, client, upstream,
+                gate=state.rejoin, on_close=self._relay_closed,
+                max_message=limits.max_message_bytes, write_buffer=limits.write_buffer_bytes,
+                idle_timeout=limits.idle_timeout, inspect=not state.at_upgrade,
+            )
+        state.relays.add(relay)
         if self.raw_join:
             join_bytes = b"".join(self.raw_join)
             upstream.write(join_bytes)
@@ -617,6 +655,7 @@ class ClientConnection(asyncio.Protocol):
     def _relay_closed(self, relay: Relay) -> None:
         state = self.state
         state.registry.remove(relay.session)
+        state.relays.discard(relay)
         state.counts["relays-closed"] += 1
         totals = state.relay_totals
         totals[0] += relay.up.messages
@@ -653,7 +692,8 @@ class ClientConnection(asyncio.Protocol):
         elif self.life.state in (State.JOINING, State.CONNECTING):
             if self.connect_task is not None:
                 self.connect_task.cancel()
-            if self.life.state is State.CONNECTING and self.state.adapter.decides_at_upgrade:
+            if self.life.state is State.CONNECTING and (self.state.at_upgrade
+                                                         or self.state.stateful):
                 self._refuse(503, ShuttingDown.client_text)
             else:
                 self._close(self.state.closing_code, ShuttingDown.client_text)
@@ -787,9 +827,8 @@ class Server:
             await asyncio.sleep(drain_period)
         if self._server is not None:
             self._server.close()
-        for session in list(state.registry):
-            if session.close is not None:
-                session.close(state.closing_code, "proxy shutting down")
+        for relay in list(state.relays):
+            relay.close(state.closing_code, "proxy shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while state.open_connections and loop.time() < deadline:
@@ -799,9 +838,8 @@ class Server:
                     await state.changed.wait()
         for connection in list(state.connections):
             connection._abort()
-        for session in list(state.registry):
-            if session.abort is not None:
-                session.abort()
+        for relay in list(state.relays):
+            relay._abort()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
