@@ -414,3 +414,24 @@ async def test_url_adapter_http_451(proxies: ProxyFactory, upstream: DemoUpstrea
     assert orjson.loads(response.body)["restriction"] == "cn-memorial"
     assert upstream.events == []
 
+
+
+async def test_drain_period_refuses_new_handshakes_then_closes_sessions(
+        proxies: ProxyFactory, upstream: DemoUpstream) -> None:
+    """During the drain period new handshakes get 503 while open sessions carry on; then the
+    sessions get 1001 and the listener is gone."""
+    server = await started(proxies, upstream)
+    alice, _ = await Participant.join(server.url, "m", "alice", US)
+    closing = asyncio.ensure_future(server.close(drain_period=TIMEOUT, timeout=TIMEOUT))
+    async with asyncio.timeout(TIMEOUT):
+        while not server.state.draining:
+            await asyncio.sleep(0)
+    with pytest.raises(InvalidStatus) as info:
+        await Participant.connect(server.url, US2)
+    assert info.value.response.status_code == 503
+    await alice.send({"type": "echo", "n": 4})
+    assert await alice.recv() == {"type": "echo", "n": 4}
+    closing.cancel()  # end the drain period early: close again without one
+    proxies.servers.remove(server)
+    await server.close(drain_period=0, timeout=TIMEOUT)
+    assert await alice.closed() == (1001, "proxy shutting down")
