@@ -56,11 +56,13 @@ __all__ = [
     "Snapshot",
     "UpstreamConfig",
     "UrlProtocolConfig",
+    "build_strict",
     "load_config",
     "load_restrictions",
     "load_snapshot",
     "parse_overrides",
     "parse_restriction",
+    "read_toml",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -493,6 +495,14 @@ def _convert(tp: Any, value: Any, path: list[str | int], issues: _Issues, base: 
             return tp(value)
         except ValueError:
             raise _Invalid("expected one of " + ", ".join(repr(m.value) for m in tp)) from None
+    if origin in (dict, Mapping) or tp is Mapping:
+        if not isinstance(value, dict):
+            raise _Invalid("expected a table")
+        return dict(value)
+    from_toml = getattr(tp, "from_toml", None)
+    if from_toml is not None:
+        # A type with its own TOML forms (a number or a [low, high] pair, for instance).
+        return from_toml(value)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
             raise _Invalid("expected a table")
@@ -567,6 +577,11 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: list[str | int], issue
         except _Reported:
             continue
         kwargs[key] = converted
+    given = {key.replace("-", "_") for key in data}
+    for name, f in fields.items():
+        if (name not in given and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            issues.add(path, f"missing required key {name!r}")
     if len(issues.items) > before:
         raise _Reported
     try:
@@ -588,6 +603,33 @@ def _resolve_paths(obj: Any, base: Path) -> Any:
             if resolved is not value:
                 changes[f.name] = resolved
     return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def build_strict(cls: type[Any], data: Mapping[str, Any], *, file: Path, text: str = "",
+                 base: Path | None = None) -> Any:
+    """Build a frozen dataclass from a TOML table with this module's strict rules.
+
+    Unknown keys, wrong types and failed field checks are issues naming the key path, the value
+    and the expected form (and the line, given the file's ``text``); relative paths resolve
+    against ``base``. Other tools of the project (the load tester's scenarios) use it too.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    issues = _Issues(file, text)
+    try:
+        return _build(cls, data, [], issues, (base or file.parent).resolve())
+    except _Reported:
+        raise ConfigError(issues.items) from None
+
+
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """Read a TOML file: its text (for line numbers) and its data.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not valid TOML (with the line).
+    """
+    return _read_toml(path)
 
 
 def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
