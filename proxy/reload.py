@@ -199,6 +199,7 @@ class Reloader:
                 self.state.geo = geo
                 previous.close()
             self.state.apply(snapshot)
+            self.state.generation += 1
             self.loaded_at = time.time()
             if geo is not None:
                 sessions = list(self.state.registry)
@@ -248,6 +249,7 @@ class Reloader:
         """A GeoIP database changed: re-place every session and re-check those that moved."""
         async with self._lock:
             started = time.monotonic()
+            self.state.generation += 1
             outcome = await self._recheck(list(self.state.registry), trigger, started,
                                           relocate=True)
             self._done(outcome)
@@ -333,6 +335,7 @@ class Reloader:
             barred = rset.newly_barred(rset, now, older_now=self._checked_at)
             would = rset.newly_would_bar(rset, now, older_now=self._checked_at)
             self._checked_at = now
+            self.state.generation += 1
             if barred or would:
                 outcome = await self._recheck_pairs(barred, would, "window", started)
                 log.info("window boundary: %d re-checked, %d evicted, %d would be evicted",

@@ -186,6 +186,9 @@ class ServerState:
         self.closing_code = 1001
         #: Set whenever a connection or session ends (shutdown waits on it).
         self.changed = asyncio.Event()
+        #: Bumped whenever restrictions, a window or GeoIP answers change: a join decided under
+        #: an older generation is decided again before it is relayed.
+        self.generation = 0
         self.counts: dict[str, int] = {
             "connections": 0, "handshake-refused": 0, "upstream-failed": 0, "relays-closed": 0,
         }  # fmt: skip
@@ -299,6 +302,7 @@ class ClientConnection(asyncio.Protocol):
         self.connect_task: asyncio.Task[None] | None = None
         self.paused = False
         self.refusal: str | None = None  # set when the connection is to be refused with 503
+        self.generation = 0  # the state's generation when this connection's join was decided
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -394,6 +398,7 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(400, "no meeting in the request")
                 return
             self.join = join
+            self.generation = state.generation
             denial = state.admission.decide(join, client.address, self.geo, peer=self.peer)
             if denial is not None:
                 if state.config.protocol.denial is DenialStyle.HTTP:
@@ -483,6 +488,7 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         self.join = join
         assert self.geo is not None
+        self.generation = state.generation
         denial = state.admission.decide(join, self.address, self.geo, peer=self.peer)  # type: ignore[arg-type]
         if denial is not None:
             self._deny(denial)
@@ -613,6 +619,9 @@ class ClientConnection(asyncio.Protocol):
         client = self.transport
         assert client is not None and self.geo is not None
         limits = state.limits
+        if (not state.stateful and self.generation != state.generation
+                and self._barred_meanwhile(upstream)):
+            return
         self.life.to(State.RELAYING)
         state.connections.discard(self)
         relay: Relay
@@ -651,6 +660,28 @@ class ClientConnection(asyncio.Protocol):
         if self.paused:
             client.resume_reading()
         relay.start(rest, upstream_rest)
+
+    def _barred_meanwhile(self, upstream: asyncio.Transport) -> bool:
+        """Decide again when restrictions or GeoIP changed while the upstream leg was opening.
+
+        A re-check after a change only sees registered sessions; one admitted by the old set
+        and still connecting would slip past it. The join has not gone upstream yet, so a
+        participant barred now is told and the upstream leg is dropped unused.
+        """
+        state = self.state
+        assert self.join is not None
+        self.geo = state.geo.resolve(self.address)  # type: ignore[arg-type]
+        self.generation = state.generation
+        denial = state.admission.decide(self.join, self.address, self.geo, peer=self.peer)  # type: ignore[arg-type]
+        if denial is None:
+            return False
+        upstream.abort()
+        if state.at_upgrade:
+            offered = self.request.subprotocols() if self.request else []
+            if self.subprotocol is None:
+                self._accept(offered[0] if offered else None)
+        self._deny(denial)
+        return True
 
     def _relay_closed(self, relay: Relay) -> None:
         state = self.state

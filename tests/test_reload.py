@@ -214,3 +214,48 @@ async def test_removing_a_restriction_evicts_nobody(proxies: ProxyFactory,
     assert outcome.ok and outcome.rechecked == 0 and outcome.evicted == 0
     _, joined = await Participant.join(server.url, "town-a", "c", "127.0.1.52")
     assert joined["type"] == "joined"
+
+
+async def test_join_admitted_while_connecting_is_decided_again(proxies: ProxyFactory,
+                                                               upstream: DemoUpstream) -> None:
+    """A join admitted just before a change, whose upstream leg is still opening when the change
+    is re-checked, is decided again before it is relayed: the upstream never sees it."""
+    release = asyncio.Event()
+    accepted = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await release.wait()  # the upstream connection opens only when the test says so
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream.port)
+        tasks.append(asyncio.ensure_future(pipe(reader, up_writer)))
+        tasks.append(asyncio.ensure_future(pipe(up_reader, writer)))
+
+    slow = await asyncio.start_server(held, "127.0.0.1", 0)
+    port = slow.sockets[0].getsockname()[1]
+    server = await proxies.start(f"ws://127.0.0.1:{port}/", UNRELATED,
+                                 {"reload": {"watch_interval": 3600}})
+    carol = await Participant.connect(server.url, "127.0.1.53")
+    await carol.send({"type": "join", "meeting": "town-a", "participant": "carol"})
+    await asyncio.wait_for(accepted.wait(), TIMEOUT)  # admitted; upstream leg opening
+    rewrite(server.state.config.restrictions.path, UNRELATED + CN_A)
+    outcome = await server.reloader.reload("admin")
+    assert outcome.ok and outcome.rechecked == 0  # not registered yet: nothing to re-check
+    release.set()
+    notice = await carol.recv()
+    assert notice["type"] == "geogate.denied" and notice["restriction"] == "cn-a"
+    assert (await carol.closed())[0] == 4451
+    assert [e for e in upstream.events if e.kind == EventKind.JOIN] == []
+    slow.close()
+    for task in tasks:
+        task.cancel()
