@@ -64,5 +64,15 @@ BENCH_ARGS ?=
 bench-relay: $(STAMP)
 	$(BIN)/python -m loadtests.bench_relay $(BENCH_ARGS)
 
+# The same through the Janus adapter, in front of a real Janus (/usr/bin/janus, Debian package).
+.PHONY: bench-janus
+bench-janus: $(STAMP)
+	$(BIN)/python -m loadtests.bench_janus $(BENCH_ARGS)
+
+# Eviction benchmark: 9,800 sessions, a live change evicts 1,000; BENCH_ARGS="--quick" checks it.
+.PHONY: bench-evict
+bench-evict: $(STAMP)
+	$(BIN)/python -m loadtests.bench_evict $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

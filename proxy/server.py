@@ -233,6 +233,18 @@ class ServerState:
         """Client connections in any phase."""
         return len(self.connections) + len(self.relays)
 
+    def relay_closed(self, relay: Relay) -> None:
+        """A relay ended: forget its session and keep its counters."""
+        self.registry.remove(relay.session)
+        self.relays.discard(relay)
+        self.counts["relays-closed"] += 1
+        totals = self.relay_totals
+        totals[0] += relay.up.messages
+        totals[1] += relay.up.bytes
+        totals[2] += relay.down.messages
+        totals[3] += relay.down.bytes
+        self.changed.set()
+
     def rejoin(self, session: Session, join: Join) -> Denial | None:
         """Gate a join sent on an admitted connection (the relay's callback)."""
         denial = self.admission.decide(join, session.address, session.geo, peer=session.peer)
@@ -634,7 +646,7 @@ class ClientConnection(asyncio.Protocol):
                 session, state.adapter.connect(self.peer), client, upstream,
                 decide=lambda join: state.admission.decide(join, address, geo, peer=peer),
                 register=state.registry.add, unregister=state.registry.remove,
-                on_close=self._relay_closed, max_message=limits.max_message_bytes,
+                on_close=state.relay_closed, max_message=limits.max_message_bytes,
                 write_buffer=limits.write_buffer_bytes, idle_timeout=limits.idle_timeout,
             )
         else:
@@ -643,7 +655,7 @@ class ClientConnection(asyncio.Protocol):
             state.registry.add(session)
             relay = Relay(
                 session, state.adapter, client, upstream,
-                gate=state.rejoin, on_close=self._relay_closed,
+                gate=state.rejoin, on_close=state.relay_closed,
                 max_message=limits.max_message_bytes, write_buffer=limits.write_buffer_bytes,
                 idle_timeout=limits.idle_timeout, inspect=not state.at_upgrade,
             )
@@ -659,6 +671,11 @@ class ClientConnection(asyncio.Protocol):
         self.buffer = bytearray()
         if self.paused:
             client.resume_reading()
+        # The relay owns the transports now; what the handshake phase kept can go.
+        self.request = None
+        self.connect_task = None
+        self.assembler = None
+        self.transport = None
         relay.start(rest, upstream_rest)
 
     def _barred_meanwhile(self, upstream: asyncio.Transport) -> bool:
@@ -682,18 +699,6 @@ class ClientConnection(asyncio.Protocol):
                 self._accept(offered[0] if offered else None)
         self._deny(denial)
         return True
-
-    def _relay_closed(self, relay: Relay) -> None:
-        state = self.state
-        state.registry.remove(relay.session)
-        state.relays.discard(relay)
-        state.counts["relays-closed"] += 1
-        totals = state.relay_totals
-        totals[0] += relay.up.messages
-        totals[1] += relay.up.bytes
-        totals[2] += relay.down.messages
-        totals[3] += relay.down.bytes
-        self.state.changed.set()
 
     # ---- small helpers -------------------------------------------------------------------------
 

@@ -1,0 +1,1299 @@
+"""Relay benchmark through the Janus adapter: geogate, nginx and a direct connection to Janus.
+
+The figures of ``make bench-relay`` (see :mod:`loadtests.bench_relay`), with a real Janus
+(/usr/bin/janus, VideoRoom plugin, WebSocket transport on 127.0.0.1) as the signaling server and
+geogate configured with ``[protocol] adapter = "janus"``. Three targets: ``direct`` to Janus,
+through ``geogate``, through ``nginx`` as a plain WebSocket reverse proxy with one worker.
+
+- round trips: N participants (100 and 1,000 by default), each joined to a VideoRoom room, send a
+  Janus ``keepalive`` in a closed loop for ``--duration`` seconds; Janus answers each with an
+  ``ack`` (its cheapest request/response). Through geogate every client and upstream message is
+  read by the Janus adapter (its needle scan, see :mod:`proxy.adapters.janus`), which is the
+  overhead measured: round trips per second, latency p50/p99, and the proxy's CPU per round trip;
+- joins: 2,000 joins at concurrency 200, each a TCP connect, the upgrade (subprotocol
+  ``janus-protocol``), ``create``, ``attach`` to the VideoRoom plugin, ``join`` as a publisher
+  (``joined`` event) and one keepalive round trip, then a close: joins per second, time to the first
+  round trip p50/p99, and the proxy's CPU per join (for geogate, the gate included: GeoIP lookup
+  and restriction check of the room). Each concurrent join has a VideoRoom room of its own (see
+  below); ``--join-rooms shared`` runs the storm in the three rooms instead;
+- memory: 2,000 idle joined participants: the proxy's RSS after minus before, per admitted pair.
+  Each costs Janus a session, a handle and a room seat and four descriptors in this machine's
+  20,000 (load generator, proxy twice, Janus), so 2,000 leaves headroom on every process.
+
+Participants of the round-trip and memory sections are spread over the rooms 1234, 5678 and 9999
+(those of ``tests/janus/``); after the measurement they are dropped without a closing handshake
+and Janus is stopped (see :func:`drop_all`). The join storm is different: VideoRoom tells
+everyone in a room when a publisher leaves (``unpublished`` twice and ``leaving``, on Janus 1.1.2,
+even for one that never published), so in three shared rooms each join of the storm brings tens of
+events for the proxy to relay, and the more so the slower the proxy, as a slower join stays longer
+in its room (measured: 49 events per join through geogate, 22 through nginx). The per-join cost
+would then measure the fan-out and its feedback, not the join. So by default join slot k of the
+storm (join i uses slot i mod concurrency) has room :data:`STORM_ROOM_BASE` + k, declared with the
+others: like the demo server's meeting per join in ``bench_relay``. The room events the
+participants received are counted either way and printed under the tables
+(:class:`JanusJoinResult`).
+
+How it is measured: as :mod:`loadtests.bench_relay` (fresh processes for every measurement; the
+proxy under test pinned to one CPU, the load generator and Janus to the other; the proxy's CPU from
+/proc/PID/stat; targets interleaved over ``--rounds`` rounds, medians and per-round ratios; source
+addresses 127.0.3.1-N, the US in the demo GeoIP database, so the default restrictions admit
+them). The load generator is :class:`JanusParticipant`, the lean client of
+:mod:`loadtests.wsclient` taught Janus' join sequence.
+
+Janus runs with the configuration of ``tests/janus/`` (filled in the way ``tests/helpers/janus.py``
+does) except for what a benchmark needs:
+
+- the VideoRoom rooms are declared by :func:`videoroom_config`: the same ids, without
+  ``notify_joining`` (on in room 1234 of the tests: every join would be announced to everyone in
+  the room, and opening 1,000 participants would cost Janus O(N**2) events) and without the dummy
+  publisher of room 9999 (so the three rooms answer alike). The ``publishers`` limit only counts
+  participants that publish media (checked on Janus 1.1.2: 20 publishers joined a room with
+  ``publishers = 6``); nobody publishes here, so the limit is set to the largest room anyway;
+- ``reclaim_session_timeout = 0``: a session ends with its WebSocket, so closed participants leave
+  their room at once (geogate's ``reclaim_timeout`` is 0 too);
+- ``session_timeout`` longer than any phase, so idle participants need no keepalives;
+- debug level 3 (warnings) instead of 4: at 4 Janus logs several lines per session.
+
+Run ``python -m loadtests.bench_janus`` (``make bench-janus``; nginx from ``make bench-deps``);
+``--quick`` checks that everything works in about 10 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import gc
+import os
+import platform
+import resource
+import secrets
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import orjson
+
+from loadtests.bench_relay import (
+    BenchmarkError,
+    Child,
+    Environment,
+    JoinResult,
+    MemoryResult,
+    ProcessGroup,
+    Result,
+    RttResult,
+    Running,
+    Section,
+    SectionResults,
+    Target,
+    _CpuWindow,
+    _describe,
+    _one_line,
+    _run_workers,
+    _verdicts,
+    free_port,
+    percentile,
+    raise_nofile_limit,
+    render_report,
+    source_addresses,
+    sources_digest,
+)
+from loadtests.nginx import NginxSettings, check_config, find_nginx, nginx_command, nginx_version
+from loadtests.wsclient import (
+    EchoLoad,
+    Endpoint,
+    LoadError,
+    Participant,
+    Stage,
+    close_all,
+    encode_client_frame,
+)
+from proxy.adapters.janus import JANUS_SUBPROTOCOL, VIDEOROOM
+from proxy.errors import GeogateError
+
+__all__ = [
+    "JANUS_BINARY",
+    "ROOMS",
+    "STORM_ROOM_BASE",
+    "JanusEnvironment",
+    "JanusJoinResult",
+    "JanusJson",
+    "JanusParticipant",
+    "JoinRooms",
+    "JoinStep",
+    "Options",
+    "drop_all",
+    "events_note",
+    "janus_command",
+    "janus_request",
+    "janus_version",
+    "main",
+    "measure_joins",
+    "measure_memory",
+    "measure_rtt",
+    "open_group",
+    "open_janus_participant",
+    "parse_args",
+    "run_benchmark",
+    "storm_rooms",
+    "videoroom_config",
+    "write_janus_config",
+]
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+#: The Debian package's binary.
+JANUS_BINARY: Final = Path("/usr/bin/janus")
+#: The configuration templates of the Janus tests (``${...}`` placeholders, string.Template).
+JANUS_TEMPLATES: Final = ROOT / "tests" / "janus"
+#: The VideoRoom rooms participants are spread over (those of tests/janus/).
+ROOMS: Final = (1234, 5678, 9999)
+#: Join slot k of the storm uses room STORM_ROOM_BASE + k + 1 (``--join-rooms own``).
+STORM_ROOM_BASE: Final = 100_000
+#: Seconds without a request before Janus destroys a session: longer than any phase.
+JANUS_SESSION_TIMEOUT: Final = 3600
+#: Janus' log level in the benchmark (3: warnings and errors).
+JANUS_DEBUG_LEVEL: Final = 3
+# Seconds the proxy gets to tear down closed connections before CPU is sampled (as bench_relay).
+_SETTLE: Final = 0.3
+# Seconds Janus gets to exit on SIGTERM before SIGKILL.
+_JANUS_STOP: Final = 2.0
+_TEXT: Final = 0x1
+_TRANSACTION_CHARS: Final = string.ascii_letters + string.digits
+
+# Module-level aliases: the hot path compares stages by identity without an enum class lookup.
+_JOINING: Final = Stage.JOINING
+_FIRST_ECHO: Final = Stage.FIRST_ECHO
+_IDLE: Final = Stage.IDLE
+_ECHO: Final = Stage.ECHO
+
+
+class JanusJson(enum.StrEnum):
+    """The JSON layout of Janus' WebSocket transport (its ``json`` setting)."""
+
+    INDENTED = "indented"  # Janus' default
+    PLAIN = "plain"
+    COMPACT = "compact"
+
+
+class JoinRooms(enum.StrEnum):
+    """Where the join storm's participants go (module docstring)."""
+
+    OWN = "own"  # a room per join slot: no room events from others leaving
+    SHARED = "shared"  # the rooms 1234, 5678 and 9999: every leave is told to the room
+
+
+def storm_rooms(count: int) -> tuple[int, ...]:
+    """The rooms of ``count`` join slots, one each.
+
+    Raises:
+        ValueError: ``count`` below 1.
+    """
+    if count < 1:
+        raise ValueError(f"count must be 1 or more, got {count}")
+    return tuple(range(STORM_ROOM_BASE + 1, STORM_ROOM_BASE + count + 1))
+
+
+class JoinStep(enum.StrEnum):
+    """Which request of the join sequence a participant awaits the answer to."""
+
+    CREATE = "create"
+    ATTACH = "attach"
+    JOIN = "join"
+    DONE = "done"
+
+
+# --------------------------------------------------------------------------------------------
+# The lean Janus client
+
+
+def janus_request(endpoint: Endpoint) -> bytes:
+    """The endpoint's pre-built upgrade request, asking for Janus' subprotocol.
+
+    Janus' WebSocket transport refuses an upgrade without ``janus-protocol``; geogate passes the
+    offer upstream and answers with what Janus chose (RFC 6455 section 4.1).
+    """
+    # Endpoint.request ends with the empty line that closes the header block.
+    head = endpoint.request[:-2]
+    return head + f"Sec-WebSocket-Protocol: {JANUS_SUBPROTOCOL}\r\n\r\n".encode("ascii")
+
+
+def _dumps(message: dict[str, object]) -> bytes:
+    return orjson.dumps(message)
+
+
+class JanusParticipant(Participant):
+    """One benchmark participant speaking the Janus API on its own WebSocket.
+
+    The upgrade, frame reading, pings, close and the echo load are
+    :class:`~loadtests.wsclient.Participant`'s; the join is Janus' sequence instead of the demo
+    server's one message: ``create`` (the ``success`` carries the session id), ``attach`` to the
+    VideoRoom plugin (the handle id), then ``join`` as a publisher, answered by an ``ack`` and a
+    ``joined`` event. These answers are parsed (once per join, on the load generator only). The
+    "echo" of a round trip is a ``keepalive`` on the session, pre-built and masked once the session
+    id is known; its answer is an ``ack`` on the keepalive's transaction, recognised by that
+    transaction alone (no other message carries it). Any other message in the meantime does not
+    end the round trip: a room event (another participant leaving) is counted in ``unexpected``; an
+    ``ack`` of the join's own (Janus may send it after the ``joined`` event) is not.
+
+    Args:
+        request: the upgrade request (:func:`janus_request`).
+        room: the VideoRoom room to join.
+        display: the display name in the join.
+        mask: the connection's masking key.
+        first_echo: make one keepalive round trip after ``joined`` before being ready.
+        started: ``time.perf_counter()`` when the connection attempt began.
+
+    Attributes:
+        step: the join request awaiting its answer.
+        session_id: the Janus session (0 until created).
+        handle_id: the VideoRoom handle (0 until attached).
+        transaction: the prefix of this participant's transactions (random, 12 characters as
+            janus.js makes them).
+    """
+
+    __slots__ = ("_display", "_reply", "_room", "handle_id", "session_id", "step", "transaction")
+
+    def __init__(
+        self,
+        request: bytes,
+        *,
+        room: int,
+        display: str,
+        mask: bytes,
+        first_echo: bool,
+        started: float,
+    ) -> None:
+        self.transaction = "".join(secrets.choice(_TRANSACTION_CHARS) for _ in range(12))
+        # The keepalive's transaction as a JSON string: only its ack carries it (the join
+        # requests' transactions extend it with a suffix, so they do not match with the quote).
+        self._reply = f'"{self.transaction}"'.encode("ascii")
+        create = _dumps({"janus": "create", "transaction": f"{self.transaction}-create"})
+        super().__init__(
+            request, encode_client_frame(_TEXT, create, mask), b"", mask, 0,
+            first_echo=first_echo, started=started,
+        )  # fmt: skip
+        self._room = room
+        self._display = display
+        self.step = JoinStep.CREATE
+        self.session_id = 0
+        self.handle_id = 0
+
+    def _message(self, data: bytes, start: int, end: int) -> None:
+        """A complete data message arrived: the join sequence, or a keepalive's ``ack``."""
+        stage = self.stage
+        if stage is _ECHO:
+            if data.find(self._reply, start, end) < 0:
+                self._other(data, start, end)
+                return
+            load = self.load
+            assert load is not None and self.transport is not None
+            now = time.perf_counter()
+            load.samples.append(now - self.sent_at)
+            if load.running:
+                self.sent_at = now
+                self.transport.write(self._echo_frame)
+            else:
+                self.stage = _IDLE
+                self.load = None
+                load.finished()
+        elif stage is _JOINING:
+            self._join_step(data[start:end])
+        elif stage is _FIRST_ECHO:
+            if data.find(self._reply, start, end) < 0:
+                self._other(data, start, end)
+                return
+            self.time_to_first_echo = time.perf_counter() - self.started
+            self.stage = _IDLE
+            self.ready.set_result(None)
+        else:
+            self._other(data, start, end)
+
+    def _other(self, data: bytes, start: int, end: int) -> None:
+        """A message that answers nothing awaited: a late ack of the join, or a room event."""
+        # Janus writes "ack" as a JSON string in every layout; no event carries that string.
+        if data.find(b'"ack"', start, end) < 0:
+            self.unexpected += 1
+
+    def _join_step(self, payload: bytes) -> None:
+        """One answer during the join sequence: send the next request, or fail."""
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self._refused(payload)
+            return
+        if not isinstance(message, dict):
+            self._refused(payload)
+            return
+        kind = message.get("janus")
+        if kind == "ack":
+            return  # the join's answer is the event that follows
+        step = self.step
+        if message.get("transaction") != f"{self.transaction}-{step}":
+            if kind == "error":
+                self._refused(payload)
+            else:
+                self.unexpected += 1  # an event for someone else's transaction
+            return
+        if step is JoinStep.CREATE or step is JoinStep.ATTACH:
+            data = message.get("data")
+            new_id = data.get("id") if kind == "success" and isinstance(data, dict) else None
+            if not isinstance(new_id, int) or isinstance(new_id, bool):
+                self._refused(payload)
+                return
+            if step is JoinStep.CREATE:
+                self.session_id = new_id
+                self.step = JoinStep.ATTACH
+                self._send({"janus": "attach", "session_id": new_id, "plugin": VIDEOROOM,
+                            "transaction": f"{self.transaction}-attach"})
+            else:
+                self.handle_id = new_id
+                self.step = JoinStep.JOIN
+                self._send({
+                    "janus": "message", "session_id": self.session_id, "handle_id": new_id,
+                    "transaction": f"{self.transaction}-join",
+                    "body": {"request": "join", "ptype": "publisher", "room": self._room,
+                             "display": self._display},
+                })  # fmt: skip
+            return
+        plugindata = message.get("plugindata")
+        data = plugindata.get("data") if isinstance(plugindata, dict) else None
+        if kind != "event" or not isinstance(data, dict) or data.get("videoroom") != "joined":
+            self._refused(payload)
+            return
+        self.step = JoinStep.DONE
+        self._echo_frame = encode_client_frame(_TEXT, _dumps({
+            "janus": "keepalive", "session_id": self.session_id, "transaction": self.transaction,
+        }), self._mask)  # fmt: skip
+        assert self.transport is not None
+        if self._first_echo:
+            self.stage = _FIRST_ECHO
+            self.transport.write(self._echo_frame)
+        else:
+            self.stage = _IDLE
+            self.ready.set_result(None)
+
+    def _send(self, message: dict[str, object]) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_client_frame(_TEXT, _dumps(message), self._mask))
+
+    def _refused(self, payload: bytes) -> None:
+        text = payload[:300].decode("utf-8", "replace").replace("\n", " ")
+        self._fail(LoadError(f"join refused at {self.step}: {text}"))
+
+
+async def open_janus_participant(
+    endpoint: Endpoint,
+    *,
+    room: int,
+    display: str,
+    source: str | None = None,
+    first_echo: bool = False,
+    timeout: float = 10.0,
+) -> JanusParticipant:
+    """Connect, upgrade, create a session, attach and join ``room``; return the participant ready.
+
+    Args:
+        endpoint: Janus, or a proxy in front of it.
+        room: the VideoRoom room.
+        display: the display name.
+        source: the local address to connect from (port chosen by the kernel).
+        first_echo: make one keepalive round trip after ``joined`` (for the join benchmark).
+        timeout: seconds for the whole sequence.
+
+    Returns:
+        The participant, IDLE.
+
+    Raises:
+        LoadError: the upgrade or a join request was refused, or the connection was closed.
+        TimeoutError: the sequence took longer than ``timeout``.
+        OSError: the connection could not be made.
+    """
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    proto = JanusParticipant(
+        janus_request(endpoint), room=room, display=display, mask=os.urandom(4),
+        first_echo=first_echo, started=started,
+    )  # fmt: skip
+    local_addr = (source, 0) if source else None
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(
+                lambda: proto, endpoint.host, endpoint.port, local_addr=local_addr
+            )
+            await proto.ready
+    except BaseException:
+        proto.abort()
+        raise
+    return proto
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements (in the load generator's event loop; they never start processes)
+
+
+async def drop_all(participants: Sequence[Participant], timeout: float = 5.0) -> None:
+    """Abort the participants' connections (no closing handshake) and wait until they are gone.
+
+    After a round-trip or memory measurement, a graceful close would make VideoRoom tell
+    everyone left in the room about each leave: O(N**2) events, which keeps Janus busy for
+    tens of seconds at 2,000 participants, outside anything measured. Janus is stopped right
+    after, so its view of the leaves does not matter.
+
+    Args:
+        participants: the participants.
+        timeout: seconds to wait for the connections to be reported lost.
+    """
+    for participant in participants:
+        participant.abort()
+    waiting = [p.closed for p in participants if not p.closed.done()]
+    if waiting:
+        await asyncio.wait(waiting, timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class JanusJoinResult(JoinResult):
+    """One join-storm measurement, with the room events the participants were sent.
+
+    VideoRoom tells everyone in a room when a publisher leaves (an ``unpublished`` event twice
+    and a ``leaving`` event, on Janus 1.1.2, even for a publisher that never published), so each
+    join of the storm brings about three messages per participant then in its room: they go
+    through the proxy like any other and are part of its CPU per join.
+
+    Attributes:
+        events: room events the storm's participants received (answers to their own requests
+            not included).
+
+    Raises:
+        ValueError: a negative count or duration.
+    """
+
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        # Explicit base call: zero-argument super() fails in a slots dataclass (new class).
+        JoinResult.__post_init__(self)
+        if self.events < 0:
+            raise ValueError(f"events must not be negative, got {self.events}")
+
+    def figures(self) -> dict[str, float | None]:
+        """The reported figures, by key (those of a join storm, and events per join)."""
+        events = self.events / self.joins if self.joins else None
+        return {**JoinResult.figures(self), "events_per_join": events}
+
+
+async def open_group(
+    endpoint: Endpoint,
+    count: int,
+    *,
+    tag: str,
+    sources: Sequence[str],
+    concurrency: int = 200,
+    timeout: float = 120.0,
+    connect_timeout: float = 10.0,
+) -> tuple[list[JanusParticipant], list[str]]:
+    """Open ``count`` participants joined to the rooms in turn, and leave them idle.
+
+    Args:
+        endpoint: where to connect.
+        count: how many participants.
+        tag: makes display names unique to this group.
+        sources: local addresses to spread the connections over.
+        concurrency: connection attempts at a time.
+        timeout: seconds for the whole group.
+        connect_timeout: seconds for one participant.
+
+    Returns:
+        The ready participants and a description of each failure.
+
+    Raises:
+        BenchmarkError: the group did not finish within ``timeout``.
+    """
+    ready: list[JanusParticipant] = []
+    failures: list[str] = []
+
+    async def job(i: int) -> None:
+        try:
+            ready.append(await open_janus_participant(
+                endpoint, room=ROOMS[i % len(ROOMS)], display=f"{tag}-{i}",
+                source=sources[i % len(sources)], timeout=connect_timeout,
+            ))  # fmt: skip
+        except (OSError, TimeoutError, LoadError) as exc:
+            failures.append(_describe(exc))
+
+    try:
+        await _run_workers(count, concurrency, job, timeout)
+    except BaseException:
+        for participant in ready:
+            participant.abort()
+        raise
+    return ready, failures
+
+
+async def measure_rtt(
+    endpoint: Endpoint,
+    *,
+    proxy: ProcessGroup | None,
+    upstream: ProcessGroup | None,
+    connections: int,
+    duration: float,
+    warmup: float,
+    sources: Sequence[str],
+    concurrency: int = 200,
+    timeout: float = 120.0,
+) -> RttResult:
+    """Measure closed-loop keepalive round trips over ``connections`` joined participants.
+
+    Args:
+        endpoint: the proxy (or Janus itself).
+        proxy: the proxy's processes (None: direct).
+        upstream: Janus' process (None: not sampled).
+        connections: participants sending keepalives at once.
+        duration: seconds of measured load.
+        warmup: seconds of load before the measurement (not counted).
+        sources: local addresses.
+        concurrency: connection attempts at a time while opening.
+        timeout: seconds for opening the participants, and for draining the load.
+
+    Returns:
+        The figures of the measured phase; ``errors`` counts messages other than the ``ack``
+        that arrived during it.
+
+    Raises:
+        BenchmarkError: a participant could not join, or the load did not drain.
+    """
+    participants, failures = await open_group(
+        endpoint, connections, tag=f"rtt-{os.urandom(3).hex()}", sources=sources,
+        concurrency=concurrency, timeout=timeout,
+    )  # fmt: skip
+    try:
+        if failures:
+            raise BenchmarkError(
+                f"{len(failures)} of {connections} participants could not join: {failures[0]}"
+            )
+        # The generator's own collector pauses would show up as latency, not as proxy cost.
+        gc.collect()
+        gc.disable()
+        if warmup > 0:
+            load = EchoLoad()
+            load.start(participants)
+            await asyncio.sleep(warmup)
+            load.stop()
+            if not await load.drained(timeout):
+                raise BenchmarkError("the warm-up load did not drain")
+        unexpected = sum(p.unexpected for p in participants)
+        window = _CpuWindow(proxy, upstream)
+        load = EchoLoad()
+        started = time.perf_counter()
+        load.start(participants)
+        await asyncio.sleep(duration)
+        load.stop()
+        if not await load.drained(timeout):
+            raise BenchmarkError(f"{load.inflight} round trips still in flight after {timeout} s")
+        seconds = time.perf_counter() - started
+        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
+        unexpected = sum(p.unexpected for p in participants) - unexpected
+    finally:
+        gc.enable()
+        await drop_all(participants)
+    samples = sorted(load.samples)
+    return RttResult(
+        connections=connections, round_trips=len(samples), seconds=seconds,
+        p50=percentile(samples, 0.5), p99=percentile(samples, 0.99),
+        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, errors=unexpected, lost=load.lost,
+        proxy_sys_cpu=proxy_sys, generator_cpu=generator_cpu,
+    )  # fmt: skip
+
+
+async def measure_joins(
+    endpoint: Endpoint,
+    *,
+    proxy: ProcessGroup | None,
+    upstream: ProcessGroup | None,
+    joins: int,
+    concurrency: int,
+    sources: Sequence[str],
+    rooms: Sequence[int] = ROOMS,
+    warmup: int | None = None,
+    timeout: float = 120.0,
+) -> JanusJoinResult:
+    """Measure a join storm: connect, upgrade, create, attach, join, one keepalive, close.
+
+    Args:
+        endpoint: the proxy (or Janus itself).
+        proxy: the proxy's processes (None: direct).
+        upstream: Janus' process (None: not sampled).
+        joins: joins measured.
+        concurrency: joins in progress at a time.
+        sources: local addresses.
+        rooms: join i goes to ``rooms[i % len(rooms)]`` (they must exist in Janus).
+        warmup: joins made first and not counted (default: ``concurrency``, at most ``joins``).
+        timeout: seconds for the warm-up and for the measured storm, each.
+
+    Returns:
+        The figures; the proxy's CPU includes closing the connections and relaying the room
+        events that leaving participants cause, if any (:class:`JanusJoinResult`).
+
+    Raises:
+        BenchmarkError: the storm did not finish within ``timeout``.
+    """
+    tag = os.urandom(3).hex()
+    times: list[float] = []
+    failures: list[str] = []
+    opened: list[JanusParticipant] = []
+
+    def make_job(prefix: str, record: bool) -> Callable[[int], Any]:
+        async def job(i: int) -> None:
+            try:
+                participant = await open_janus_participant(
+                    endpoint, room=rooms[i % len(rooms)], display=f"{prefix}-{i}",
+                    source=sources[i % len(sources)], first_echo=True,
+                )  # fmt: skip
+            except (OSError, TimeoutError, LoadError) as exc:
+                if record:
+                    failures.append(_describe(exc))
+                return
+            participant.close()
+            opened.append(participant)
+            if record:
+                times.append(participant.time_to_first_echo)
+
+        return job
+
+    count = min(concurrency, joins) if warmup is None else warmup
+    try:
+        if count:
+            await _run_workers(count, concurrency, make_job(f"warm-{tag}", False), timeout)
+            await close_all(opened)
+            opened.clear()
+        gc.collect()
+        gc.disable()
+        window = _CpuWindow(proxy, upstream)
+        started = time.perf_counter()
+        await _run_workers(joins, concurrency, make_job(f"join-{tag}", True), timeout)
+        seconds = time.perf_counter() - started
+        await close_all(opened)
+        await asyncio.sleep(_SETTLE)
+        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
+        events = sum(p.unexpected for p in opened)
+    finally:
+        gc.enable()
+        for participant in opened:
+            participant.abort()
+    times.sort()
+    return JanusJoinResult(
+        joins=len(times), failures=len(failures), seconds=seconds,
+        p50=percentile(times, 0.5), p99=percentile(times, 0.99),
+        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, proxy_sys_cpu=proxy_sys,
+        generator_cpu=generator_cpu, first_error=failures[0] if failures else "", events=events,
+    )  # fmt: skip
+
+
+async def measure_memory(
+    endpoint: Endpoint,
+    *,
+    proxy: ProcessGroup | None,
+    upstream: ProcessGroup,
+    participants: int,
+    concurrency: int,
+    sources: Sequence[str],
+    timeout: float = 120.0,
+) -> MemoryResult:
+    """Measure the memory that idle joined participants cost the proxy (and Janus).
+
+    Args:
+        endpoint: the proxy (or Janus itself).
+        proxy: the proxy's processes (None: direct).
+        upstream: Janus' process.
+        participants: idle participants to hold.
+        concurrency: connection attempts at a time.
+        sources: local addresses.
+        timeout: seconds for opening them all.
+
+    Returns:
+        RSS before and with the participants connected and joined.
+
+    Raises:
+        BenchmarkError: opening did not finish within ``timeout``.
+    """
+    proxy_before = proxy.rss_bytes() if proxy is not None else None
+    upstream_before = upstream.rss_bytes()
+    group, failures = await open_group(
+        endpoint, participants, tag=f"idle-{os.urandom(3).hex()}", sources=sources,
+        concurrency=concurrency, timeout=timeout,
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(_SETTLE)
+        proxy_after = proxy.rss_bytes() if proxy is not None else None
+        upstream_after = upstream.rss_bytes()
+    finally:
+        await drop_all(group)
+    return MemoryResult(
+        participants=len(group), failures=len(failures),
+        proxy_rss_before=proxy_before, proxy_rss_after=proxy_after,
+        upstream_rss_before=upstream_before, upstream_rss_after=upstream_after,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Janus
+
+
+def videoroom_config(rooms: Sequence[int], publishers: int) -> str:
+    """The VideoRoom plugin configuration of the benchmark (module docstring).
+
+    Args:
+        rooms: the room ids.
+        publishers: each room's ``publishers`` limit.
+
+    Returns:
+        The configuration text (libconfig syntax).
+
+    Raises:
+        ValueError: no room, a duplicate or non-positive room id, or ``publishers`` below 1.
+    """
+    if not rooms or len(set(rooms)) != len(rooms) or min(rooms) < 1:
+        raise ValueError(f"rooms must be distinct positive ids, got {list(rooms)}")
+    if publishers < 1:
+        raise ValueError(f"publishers must be 1 or more, got {publishers}")
+    lines = [
+        "# Generated by loadtests/bench_janus.py: the rooms of tests/janus/ and of the join",
+        "# storm, alike, without notify_joining (a join must not cost more in a fuller room).",
+        "general: {",
+        "\tevents = false",
+        "}",
+    ]
+    for room in rooms:
+        lines += [
+            "",
+            f"room-{room}: {{",
+            f'\tdescription = "geogate benchmark room {room}"',
+            f"\tpublishers = {publishers}",
+            "\trecord = false",
+            "\tnotify_joining = false",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _lib_folder() -> Path:
+    """The folder holding Janus' plugins/ and transports/ (Debian: /usr/lib/<triplet>/janus).
+
+    Raises:
+        BenchmarkError: the VideoRoom plugin is not installed.
+    """
+    for candidate in [*sorted(Path("/usr/lib").glob("*/janus")), Path("/usr/lib/janus")]:
+        if (candidate / "plugins" / "libjanus_videoroom.so").exists():
+            return candidate
+    raise BenchmarkError("Janus' VideoRoom plugin was not found under /usr/lib/*/janus/plugins")
+
+
+def write_janus_config(
+    folder: Path,
+    *,
+    port: int,
+    log_file: Path,
+    json_format: JanusJson,
+    rooms: Sequence[int] = ROOMS,
+    publishers: int,
+) -> Path:
+    """Write Janus' configuration for the benchmark; return the main file.
+
+    The core and transport files are ``tests/janus/``'s, filled like ``tests/helpers/janus.py``
+    fills them; the VideoRoom file is :func:`videoroom_config`'s.
+
+    Args:
+        folder: where the files go (created).
+        port: the WebSocket port on 127.0.0.1.
+        log_file: Janus' log.
+        json_format: the transport's JSON layout.
+        rooms: the VideoRoom rooms.
+        publishers: each room's ``publishers`` limit.
+
+    Returns:
+        The path of janus.jcfg.
+
+    Raises:
+        BenchmarkError: Janus' plugins are missing, or a template needs an unknown value.
+    """
+    values: dict[str, object] = {
+        "configs_folder": folder,
+        "lib_folder": _lib_folder(),
+        "log_file": log_file,
+        "reclaim_session_timeout": 0,
+        "session_timeout": JANUS_SESSION_TIMEOUT,
+        "json_format": str(json_format),
+        "ws_port": port,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("janus.jcfg", "janus.transport.websockets.jcfg"):
+        source = JANUS_TEMPLATES / name
+        try:
+            text = string.Template(source.read_text(encoding="utf-8")).substitute(values)
+        except KeyError as exc:
+            raise BenchmarkError(f"{source} needs a value for {exc}") from None
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "janus.plugin.videoroom.jcfg").write_text(
+        videoroom_config(rooms, publishers), encoding="utf-8"
+    )
+    return folder / "janus.jcfg"
+
+
+def janus_command(binary: str | Path, config: Path) -> list[str]:
+    """The command line that runs Janus in the foreground on ``config`` (its folder holds all)."""
+    return [str(binary), "--config", str(config), "--configs-folder", str(config.parent),
+            "--debug-level", str(JANUS_DEBUG_LEVEL)]  # fmt: skip
+
+
+def janus_version(binary: str | Path) -> str:
+    """The version Janus reports (``janus --version``: "Janus version: 1102 (1.1.2)")."""
+    try:
+        result = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in result.stdout.splitlines():
+        if line.startswith("Janus version:"):
+            return line.partition(":")[2].strip()
+    return "unknown"
+
+
+class JanusEnvironment(Environment):
+    """The relay benchmark's environment with Janus as the signaling server.
+
+    Args:
+        folder: the temporary folder (configs, logs, nginx prefixes).
+        nginx: the nginx binary, or None to skip nginx.
+        proxy_cpu: the CPU for the proxy under test (None: no pinning).
+        load_cpu: the CPU for the load generator and Janus (None: no pinning).
+        janus: the Janus binary.
+        json_format: Janus' JSON layout.
+        rooms: the VideoRoom rooms.
+        publishers: each room's ``publishers`` limit.
+    """
+
+    def __init__(self, folder: Path, nginx: str | None, proxy_cpu: int | None,
+                 load_cpu: int | None, *, janus: Path = JANUS_BINARY,
+                 json_format: JanusJson = JanusJson.INDENTED, rooms: Sequence[int] = ROOMS,
+                 publishers: int = 1000) -> None:
+        super().__init__(folder, nginx, proxy_cpu, load_cpu)
+        self.janus = janus
+        self.json_format = json_format
+        self.rooms = tuple(rooms)
+        self.publishers = publishers
+
+    def geogate_config(self, folder: Path, port: int, upstream_port: int) -> Path:
+        """The relay benchmark's geogate configuration with the Janus adapter."""
+        path = super().geogate_config(folder, port, upstream_port)
+        with path.open("a", encoding="utf-8") as out:
+            out.write('[protocol]\nadapter = "janus"\n')
+        return path
+
+    @contextlib.asynccontextmanager
+    async def running(self, target: Target) -> AsyncIterator[Running]:
+        """Start a fresh Janus and, for a proxy target, the proxy in front of it."""
+        folder = self._folder(str(target))
+        children: list[Child] = []
+        try:
+            janus_port = free_port()
+            log = folder / "janus.log"
+            config = write_janus_config(
+                folder / "janus", port=janus_port, log_file=log, json_format=self.json_format,
+                rooms=self.rooms, publishers=self.publishers,
+            )  # fmt: skip
+            # Janus appends its log to the file that also takes its standard output.
+            janus = Child("janus", janus_command(self.janus, config), log=log, cpu=self.load_cpu)
+            children.append(janus)
+            janus.start()
+            await janus.wait_listening("127.0.0.1", janus_port)
+            upstream = ProcessGroup(janus.pid)
+            if target is Target.DIRECT:
+                yield Running(target, Endpoint("127.0.0.1", janus_port), None, upstream)
+                return
+            port = free_port()
+            if target is Target.GEOGATE:
+                proxy = Child(
+                    "geogate",
+                    [self.python, "-m", "proxy", "serve", "--config",
+                     str(self.geogate_config(folder, port, janus_port)), "--log-level", "INFO"],
+                    log=folder / "geogate.log", cpu=self.proxy_cpu,
+                )  # fmt: skip
+                with_children = False
+            else:
+                assert self.nginx is not None
+                settings = NginxSettings(
+                    prefix=folder / "nginx", listen_port=port, upstream_host="127.0.0.1",
+                    upstream_port=janus_port,
+                    rlimit_nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                )  # fmt: skip
+                check_config(self.nginx, settings)
+                proxy = Child("nginx", nginx_command(self.nginx, settings),
+                              log=folder / "nginx.log", cpu=self.proxy_cpu)  # fmt: skip
+                with_children = True
+            children.append(proxy)
+            proxy.start()
+            await proxy.wait_listening("127.0.0.1", port)
+            group = ProcessGroup(proxy.pid, children=with_children)
+            self.affinity[str(target)] = group.affinity()
+            self.affinity["janus"] = upstream.affinity()
+            yield Running(target, Endpoint("127.0.0.1", port), group, upstream)
+        finally:
+            for child in reversed(children):
+                # Janus' state is disposable; it may still be telling rooms about leaves.
+                await child.stop(_JANUS_STOP if child.name == "janus" else 10.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What to run (the command line, validated).
+
+    Raises:
+        ValueError: a count, size or duration out of range.
+    """
+
+    rounds: int = 3
+    sizes: tuple[int, ...] = (100, 1000)
+    duration: float = 5.0
+    warmup: float = 1.0
+    joins: int = 2000
+    join_concurrency: int = 200
+    idle: int = 2000
+    sources: int = 200
+    janus: Path = JANUS_BINARY
+    janus_json: JanusJson = JanusJson.INDENTED
+    join_rooms: JoinRooms = JoinRooms.OWN
+    skip_nginx: bool = False
+    only: Section | None = None
+    quick: bool = False
+    pin: bool = True
+    proxy_cpu: int = 0
+    load_cpu: int = 1
+    timeout: float = 180.0
+    json_path: Path | None = None
+    keep: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("rounds", "joins", "join_concurrency", "idle", "duration", "timeout")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.warmup < 0:
+            raise ValueError("--warmup must not be negative")
+        if not self.sizes or any(size <= 0 for size in self.sizes):
+            raise ValueError("--sizes must be positive connection counts")
+        if not 1 <= self.sources <= 254:
+            raise ValueError("--sources must be 1-254")
+        if self.proxy_cpu == self.load_cpu:
+            raise ValueError("--proxy-cpu and --load-cpu must differ")
+
+    @property
+    def sections(self) -> tuple[Section, ...]:
+        """The sections to run, in order."""
+        return (self.only,) if self.only is not None else tuple(Section)
+
+    @property
+    def storm_rooms(self) -> tuple[int, ...]:
+        """The rooms of the join storm, in turn."""
+        if self.join_rooms is JoinRooms.SHARED:
+            return ROOMS
+        return storm_rooms(self.join_concurrency)
+
+    @property
+    def janus_rooms(self) -> tuple[int, ...]:
+        """Every VideoRoom room Janus must have."""
+        if Section.JOINS not in self.sections or self.join_rooms is JoinRooms.SHARED:
+            return ROOMS
+        return ROOMS + self.storm_rooms
+
+    @property
+    def largest_room(self) -> int:
+        """The most participants one room holds at once (joins go to the rooms in turn)."""
+        most = max(*self.sizes, self.idle, self.join_concurrency)
+        return -(-most // len(ROOMS))
+
+
+def _quick(options: Options) -> Options:
+    """Tiny sizes: checks that the whole benchmark works, in about 10 seconds."""
+    values = asdict(options)
+    values.update(rounds=1, sizes=(10, 50), duration=0.25, warmup=0.1, joins=30,
+                  join_concurrency=10, idle=40, quick=True)  # fmt: skip
+    return Options(**values)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """Parse the command line into :class:`Options` (``--quick`` applied)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.bench_janus",
+        description="Relay benchmark through the Janus adapter: direct, geogate and nginx, "
+                    "interleaved, in front of a real Janus.",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--sizes", default="100,1000",
+                        help="connection counts for the round-trip section (default 100,1000)")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds of measured load per round-trip run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of unmeasured load before each round-trip run (default 1)")
+    parser.add_argument("--joins", type=int, default=2000, help="joins per join run (default 2000)")
+    parser.add_argument("--join-concurrency", type=int, default=200,
+                        help="joins in progress at a time (default 200)")
+    parser.add_argument("--idle", type=int, default=2000,
+                        help="idle participants for the memory section (default 2000)")
+    parser.add_argument("--sources", type=int, default=200,
+                        help="source addresses 127.0.3.1-N to spread connections over")
+    parser.add_argument("--janus", type=Path, default=JANUS_BINARY,
+                        help=f"the Janus binary (default {JANUS_BINARY})")
+    parser.add_argument("--janus-json", choices=[j.value for j in JanusJson],
+                        default=JanusJson.INDENTED.value,
+                        help="Janus' JSON layout (default indented, Janus' own default)")
+    parser.add_argument("--join-rooms", choices=[r.value for r in JoinRooms],
+                        default=JoinRooms.OWN.value,
+                        help="the join storm's rooms: own (one per join slot, default) or shared "
+                             "(1234, 5678, 9999: every leave is told to the room)")
+    parser.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
+    parser.add_argument("--only", choices=[s.value for s in Section],
+                        help="run one section only")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one round: check that the benchmark works")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
+    parser.add_argument("--load-cpu", type=int, default=1,
+                        help="CPU for the load generator and Janus (default 1)")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds any one phase may take (default 180)")
+    parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE",
+                        help="also write every figure to FILE")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (configs and server logs)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
+        options = Options(
+            rounds=args.rounds, sizes=sizes, duration=args.duration, warmup=args.warmup,
+            joins=args.joins, join_concurrency=args.join_concurrency, idle=args.idle,
+            sources=args.sources, janus=args.janus, janus_json=JanusJson(args.janus_json),
+            join_rooms=JoinRooms(args.join_rooms),
+            skip_nginx=args.skip_nginx, only=Section(args.only) if args.only else None,
+            pin=not args.no_pin, proxy_cpu=args.proxy_cpu, load_cpu=args.load_cpu,
+            timeout=args.timeout, json_path=args.json_path, keep=args.keep,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return _quick(options) if args.quick else options
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting
+
+
+def events_note(sections: Sequence[SectionResults], targets: Sequence[Target]) -> str:
+    """One line on the room events per join (not a row of the shared join table), or "".
+
+    Args:
+        sections: the results.
+        targets: the targets that were run, in column order.
+
+    Returns:
+        The line, or "" when no join storm was run.
+    """
+    for results in sections:
+        if results.section is not Section.JOINS:
+            continue
+        cells = []
+        for target in targets:
+            values = results.values(target, "events_per_join")
+            median = statistics.median(values) if values else None
+            cells.append(f"{target} {'-' if median is None else f'{median:.0f}'}")
+        return ("Room events per join (others leaving the joiner's VideoRoom room, relayed to "
+                f"the participants; median): {', '.join(cells)}")
+    return ""
+
+
+def _section_plan(options: Options) -> Iterator[tuple[str, Section, str, int]]:
+    for section in options.sections:
+        if section is Section.RTT:
+            for size in options.sizes:
+                yield (f"rtt-{size}", section,
+                       f"Round trips, {size:,} connections, Janus keepalive and ack", size)
+        elif section is Section.JOINS:
+            where = "a room per join slot" if options.join_rooms is JoinRooms.OWN else \
+                "rooms 1234, 5678, 9999"
+            yield ("joins", section, f"Joins (create, attach, VideoRoom join, one round trip), "
+                   f"{options.joins:,} at concurrency {options.join_concurrency}, {where}",
+                   options.joins)
+        else:
+            yield ("memory", section, f"Memory, {options.idle:,} idle joined participants",
+                   options.idle)
+
+
+async def _measure(run: Running, section: Section, options: Options, size: int,
+                   sources: Sequence[str]) -> Result:
+    if section is Section.RTT:
+        return await measure_rtt(
+            run.endpoint, proxy=run.proxy, upstream=run.upstream, connections=size,
+            duration=options.duration, warmup=options.warmup, sources=sources,
+            concurrency=options.join_concurrency, timeout=options.timeout,
+        )
+    if section is Section.JOINS:
+        return await measure_joins(
+            run.endpoint, proxy=run.proxy, upstream=run.upstream, joins=options.joins,
+            concurrency=options.join_concurrency, sources=sources, rooms=options.storm_rooms,
+            timeout=options.timeout,
+        )
+    return await measure_memory(
+        run.endpoint, proxy=run.proxy, upstream=run.upstream, participants=options.idle,
+        concurrency=options.join_concurrency, sources=sources, timeout=options.timeout,
+    )
+
+
+async def run_benchmark(options: Options, env: JanusEnvironment,
+                        out: TextIO) -> list[SectionResults]:
+    """Run every section, targets interleaved within each round.
+
+    Args:
+        options: what to run.
+        env: processes, binaries and CPUs.
+        out: where progress lines go.
+
+    Returns:
+        The results by section, in order.
+
+    Raises:
+        BenchmarkError: a server failed or a phase did not complete.
+    """
+    targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if env.nginx else [])
+    sources = source_addresses(options.sources)
+    all_results: list[SectionResults] = []
+    for key, section, title, size in _section_plan(options):
+        results = SectionResults(key, section, title, size)
+        all_results.append(results)
+        for round_number in range(1, options.rounds + 1):
+            for target in targets:
+                async with env.running(target) as run:
+                    result = await _measure(run, section, options, size, sources)
+                results.add(target, result)
+                print(f"[{key} round {round_number}/{options.rounds}] "
+                      f"{_one_line(target, result)}", file=out, flush=True)
+    return all_results
+
+
+def _environment(env: JanusEnvironment, options: Options, nofile: int,
+                 digest: str) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5,
+                                check=False).stdout.strip()  # fmt: skip
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit,
+        "proxy_sources_sha256": digest,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "janus": janus_version(env.janus),
+        "janus_json": str(env.json_format),
+        "nginx": nginx_version(env.nginx) if env.nginx else None,
+        "orjson": version("orjson"),
+        "pinning": {"proxy": env.proxy_cpu, "load_and_janus": env.load_cpu},
+        "affinity_seen": env.affinity,
+        "nofile_limit": nofile,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark from the command line; return the exit code (0, or 1 on failure)."""
+    options = parse_args(argv)
+    out = sys.stdout
+    err = sys.stderr
+    if not options.janus.is_file():
+        print(f"bench_janus: {options.janus} not found (apt-get install janus)", file=err)
+        return 1
+    nofile = raise_nofile_limit()
+    nginx = None if options.skip_nginx else find_nginx()
+    if nginx is None:
+        why = "--skip-nginx given" if options.skip_nginx else \
+            "nginx is not installed (run `make bench-deps`)"
+        banner = "!" * 78
+        print(f"{banner}\n!!! NGINX SKIPPED: {why}.\n!!! No geogate/nginx ratios and no "
+              f"verdicts on the CPU targets in this run.\n{banner}", file=err, flush=True)
+    own = os.sched_getaffinity(0)
+    pin = options.pin and len(own) >= 2 and {options.proxy_cpu, options.load_cpu} <= own
+    if options.pin and not pin:
+        print(f"warning: cannot pin to CPUs {options.proxy_cpu} and {options.load_cpu}; "
+              "running unpinned", file=err, flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="geogate-bench-janus-"))
+    started = time.monotonic()
+    digest = sources_digest()
+    try:
+        env = JanusEnvironment(
+            folder, nginx, options.proxy_cpu if pin else None, options.load_cpu if pin else None,
+            janus=options.janus, json_format=options.janus_json, rooms=options.janus_rooms,
+            publishers=options.largest_room,
+        )  # fmt: skip
+        if pin:
+            os.sched_setaffinity(0, {options.load_cpu})
+        print(f"geogate Janus relay benchmark: rounds={options.rounds} sizes={options.sizes} "
+              f"duration={options.duration}s joins={options.joins}@{options.join_concurrency} "
+              f"idle={options.idle} janus_json={options.janus_json}"
+              f"{' (quick)' if options.quick else ''}; open-file limit {nofile}; proxy on CPU "
+              f"{env.proxy_cpu}, load and Janus on CPU {env.load_cpu}; logs in {folder}",
+              file=err, flush=True)  # fmt: skip
+        from proxy.service import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            results = runner.run(run_benchmark(options, env, err))
+        targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if nginx else [])
+        print(render_report(results, targets), file=out)
+        note = events_note(results, targets)
+        if note:
+            print(f"\n{note}", file=out)
+        changed = ", changed during the run" if sources_digest() != digest else ""
+        print(f"\n(total {time.monotonic() - started:.0f} s; Janus {janus_version(options.janus)}"
+              f", {options.janus_json} JSON; direct = straight to Janus; upstream = Janus; CPU is "
+              "the proxy's own utime+stime; ratio = median of per-round geogate/nginx; geogate "
+              f"sources {digest}{changed})", file=out, flush=True)  # fmt: skip
+        if options.json_path is not None:
+            report = {
+                "environment": _environment(env, options, nofile, digest),
+                "options": {k: (str(v) if isinstance(v, Path | enum.Enum) else v)
+                            for k, v in asdict(options).items()},
+                "sections": {r.key: r.to_json() for r in results},
+                "verdicts": [asdict(v) for v in _verdicts(results)],
+            }
+            options.json_path.write_bytes(
+                orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+            )
+            print(f"figures written to {options.json_path}", file=out)
+    except (GeogateError, OSError) as exc:
+        print(f"bench_janus: {exc}\n(server logs kept in {folder})", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print(f"bench_janus: interrupted (server logs kept in {folder})", file=err)
+        return 130
+    finally:
+        if pin:
+            os.sched_setaffinity(0, own)
+    if not options.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
