@@ -70,6 +70,8 @@ _REASONS = frozenset(reason.value for reason in MatchReason)
 _RESOLUTIONS = frozenset(how.value for how in Resolution)
 # ::ffff:0:0/96, IPv4-mapped IPv6 (RFC 4291 section 2.5.5.2): such a client is an IPv4 client.
 _MAPPED_HIGH = 0xFFFF
+#: Pseudonyms and truncated addresses remembered (FIFO), so repeated ones cost a dict lookup.
+_MEMO_SIZE = 65_536
 # RFC 3339 section 5.6 date-time, or a bare full-date (taken as midnight UTC).
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}"
@@ -455,6 +457,8 @@ class AuditLog:
         self._clock = clock
         self.ephemeral_key = settings.pseudonymise and settings.key is None
         self._key = settings.key if settings.key is not None else secrets.token_bytes(32)
+        self._pseudonyms: dict[str, str] = {}
+        self._networks: dict[IPv4Address | IPv6Address, str] = {}
         self.recorded = 0
         self.written = 0
         self.dropped = 0
@@ -504,9 +508,28 @@ class AuditLog:
 
     def pseudonym(self, participant: str | None) -> str | None:
         """The participant as written: its pseudonym, or the raw id when not pseudonymising."""
-        if not self.settings.pseudonymise:
+        if not self.settings.pseudonymise or participant is None:
             return participant
-        return pseudonym(self._key, participant)
+        # The same participants come back (admit, then evict; retries): remember a bounded
+        # number of answers rather than computing an HMAC for each record.
+        cached = self._pseudonyms.get(participant)
+        if cached is None:
+            cached = pseudonym(self._key, participant)
+            assert cached is not None
+            if len(self._pseudonyms) >= _MEMO_SIZE:
+                del self._pseudonyms[next(iter(self._pseudonyms))]
+            self._pseudonyms[participant] = cached
+        return cached
+
+    def _truncated(self, address: IPv4Address | IPv6Address) -> str:
+        cached = self._networks.get(address)
+        if cached is None:
+            settings = self.settings
+            cached = truncate_address(address, settings.truncate_v4, settings.truncate_v6)
+            if len(self._networks) >= _MEMO_SIZE:
+                del self._networks[next(iter(self._networks))]
+            self._networks[address] = cached
+        return cached
 
     def record(
         self,
@@ -556,7 +579,6 @@ class AuditLog:
         if self._closed or self._submitted - self.written >= self.settings.queue_max:
             self.dropped += 1
             return None
-        settings = self.settings
         when = self._clock() if at is None else at
         record = AuditRecord(
             time=round(when * 1000) / 1000,
@@ -571,7 +593,7 @@ class AuditLog:
             participant=self.pseudonym(participant),
             region=region,
             resolved=str(resolved),
-            address=truncate_address(address, settings.truncate_v4, settings.truncate_v6),
+            address=self._truncated(address),
             geoip_build=geoip_build,
             config_version=config_version,
             kind=str(kind),
