@@ -21,6 +21,7 @@ bounded: a label may be limited to a closed set of values, and each family refus
 
 from __future__ import annotations
 
+import abc
 import bisect
 import enum
 import itertools
@@ -197,7 +198,7 @@ C = TypeVar("C", CounterChild, GaugeChild, HistogramChild, CallbackChild)
 _Sample = tuple[str, tuple[tuple[str, str], ...], float]
 
 
-class _Family(Generic[C]):
+class _Family(abc.ABC, Generic[C]):
     """A named metric with zero or more label names, and its children by label values."""
 
     type: ClassVar[MetricType]
@@ -255,8 +256,9 @@ class _Family(Generic[C]):
         if not names:
             self._children[()] = self._new_child()
 
+    @abc.abstractmethod
     def _new_child(self) -> C:
-        raise NotImplementedError
+        """A new child of this family's type."""
 
     def labels(self, **values: str) -> C:
         """The child for these label values, created on first use; keep it to skip the lookup.
@@ -338,9 +340,9 @@ class _Family(Generic[C]):
     def _pairs(self, key: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         return tuple(zip(self.labelnames, key, strict=True))
 
+    @abc.abstractmethod
     def samples(self) -> Iterator[_Sample]:
         """The family's samples as (name suffix, label pairs, value), in exposition order."""
-        raise NotImplementedError
 
     def expose(self) -> str:
         """The family in text format 0.0.4: HELP, TYPE, then one line per sample."""
