@@ -64,7 +64,6 @@ import argparse
 import asyncio
 import contextlib
 import enum
-import gc
 import os
 import platform
 import resource
@@ -76,7 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,12 +83,14 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from loadtests import bench_relay as relay
 from loadtests.bench_relay import (
     BenchmarkError,
     Child,
     Environment,
     JoinResult,
     MemoryResult,
+    Opener,
     ProcessGroup,
     Result,
     RttResult,
@@ -97,26 +98,22 @@ from loadtests.bench_relay import (
     Section,
     SectionResults,
     Target,
-    _CpuWindow,
-    _describe,
-    _one_line,
-    _run_workers,
-    _verdicts,
     free_port,
-    percentile,
+    join_storm,
+    one_line,
     raise_nofile_limit,
     render_report,
     source_addresses,
     sources_digest,
+    verdicts,
 )
 from loadtests.nginx import NginxSettings, check_config, find_nginx, nginx_command, nginx_version
 from loadtests.wsclient import (
-    EchoLoad,
     Endpoint,
     LoadError,
     Participant,
     Stage,
-    close_all,
+    connect_participant,
     encode_client_frame,
 )
 from proxy.adapters.janus import JANUS_SUBPROTOCOL, VIDEOROOM
@@ -136,6 +133,7 @@ __all__ = [
     "drop_all",
     "events_note",
     "janus_command",
+    "janus_opener",
     "janus_request",
     "janus_version",
     "main",
@@ -164,8 +162,6 @@ STORM_ROOM_BASE: Final = 100_000
 JANUS_SESSION_TIMEOUT: Final = 3600
 #: Janus' log level in the benchmark (3: warnings and errors).
 JANUS_DEBUG_LEVEL: Final = 3
-# Seconds the proxy gets to tear down closed connections before CPU is sampled (as bench_relay).
-_SETTLE: Final = 0.3
 # Seconds Janus gets to exit on SIGTERM before SIGKILL.
 _JANUS_STOP: Final = 2.0
 _TEXT: Final = 0x1
@@ -289,33 +285,18 @@ class JanusParticipant(Participant):
         self.session_id = 0
         self.handle_id = 0
 
-    def _message(self, data: bytes, start: int, end: int) -> None:
+    def message(self, data: bytes, start: int, end: int) -> None:
         """A complete data message arrived: the join sequence, or a keepalive's ``ack``."""
         stage = self.stage
-        if stage is _ECHO:
+        if stage is _ECHO or stage is _FIRST_ECHO:
             if data.find(self._reply, start, end) < 0:
                 self._other(data, start, end)
-                return
-            load = self.load
-            assert load is not None and self.transport is not None
-            now = time.perf_counter()
-            load.samples.append(now - self.sent_at)
-            if load.running:
-                self.sent_at = now
-                self.transport.write(self._echo_frame)
+            elif stage is _ECHO:
+                self.echo_replied()
             else:
-                self.stage = _IDLE
-                self.load = None
-                load.finished()
+                self.first_echo_replied()
         elif stage is _JOINING:
             self._join_step(data[start:end])
-        elif stage is _FIRST_ECHO:
-            if data.find(self._reply, start, end) < 0:
-                self._other(data, start, end)
-                return
-            self.time_to_first_echo = time.perf_counter() - self.started
-            self.stage = _IDLE
-            self.ready.set_result(None)
         else:
             self._other(data, start, end)
 
@@ -419,23 +400,30 @@ async def open_janus_participant(
         TimeoutError: the sequence took longer than ``timeout``.
         OSError: the connection could not be made.
     """
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
     proto = JanusParticipant(
         janus_request(endpoint), room=room, display=display, mask=os.urandom(4),
-        first_echo=first_echo, started=started,
+        first_echo=first_echo, started=time.perf_counter(),
     )  # fmt: skip
-    local_addr = (source, 0) if source else None
-    try:
-        async with asyncio.timeout(timeout):
-            await loop.create_connection(
-                lambda: proto, endpoint.host, endpoint.port, local_addr=local_addr
-            )
-            await proto.ready
-    except BaseException:
-        proto.abort()
-        raise
-    return proto
+    return await connect_participant(proto, endpoint, source=source, timeout=timeout)
+
+
+def janus_opener(endpoint: Endpoint, rooms: Sequence[int] = ROOMS) -> Opener:
+    """An :class:`~loadtests.bench_relay.Opener` joining Janus' VideoRoom.
+
+    Args:
+        endpoint: Janus, or a proxy in front of it.
+        rooms: participant i joins ``rooms[i % len(rooms)]`` (they must exist in Janus).
+    """
+
+    async def open_one(
+        index: int, *, tag: str, source: str, first_echo: bool = False, timeout: float = 10.0
+    ) -> Participant:
+        return await open_janus_participant(
+            endpoint, room=rooms[index % len(rooms)], display=f"{tag}-{index}", source=source,
+            first_echo=first_echo, timeout=timeout,
+        )  # fmt: skip
+
+    return open_one
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,7 +489,7 @@ async def open_group(
     concurrency: int = 200,
     timeout: float = 120.0,
     connect_timeout: float = 10.0,
-) -> tuple[list[JanusParticipant], list[str]]:
+) -> tuple[list[Participant], list[str]]:
     """Open ``count`` participants joined to the rooms in turn, and leave them idle.
 
     Args:
@@ -514,30 +502,15 @@ async def open_group(
         connect_timeout: seconds for one participant.
 
     Returns:
-        The ready participants and a description of each failure.
+        The ready participants (:class:`JanusParticipant`) and a description of each failure.
 
     Raises:
         BenchmarkError: the group did not finish within ``timeout``.
     """
-    ready: list[JanusParticipant] = []
-    failures: list[str] = []
-
-    async def job(i: int) -> None:
-        try:
-            ready.append(await open_janus_participant(
-                endpoint, room=ROOMS[i % len(ROOMS)], display=f"{tag}-{i}",
-                source=sources[i % len(sources)], timeout=connect_timeout,
-            ))  # fmt: skip
-        except (OSError, TimeoutError, LoadError) as exc:
-            failures.append(_describe(exc))
-
-    try:
-        await _run_workers(count, concurrency, job, timeout)
-    except BaseException:
-        for participant in ready:
-            participant.abort()
-        raise
-    return ready, failures
+    return await relay.open_group(
+        endpoint, count, tag=tag, sources=sources, concurrency=concurrency, timeout=timeout,
+        connect_timeout=connect_timeout, opener=janus_opener(endpoint),
+    )  # fmt: skip
 
 
 async def measure_rtt(
@@ -553,6 +526,9 @@ async def measure_rtt(
     timeout: float = 120.0,
 ) -> RttResult:
     """Measure closed-loop keepalive round trips over ``connections`` joined participants.
+
+    :func:`loadtests.bench_relay.measure_rtt` with Janus participants, dropped afterwards
+    (:func:`drop_all`).
 
     Args:
         endpoint: the proxy (or Janus itself).
@@ -572,46 +548,10 @@ async def measure_rtt(
     Raises:
         BenchmarkError: a participant could not join, or the load did not drain.
     """
-    participants, failures = await open_group(
-        endpoint, connections, tag=f"rtt-{os.urandom(3).hex()}", sources=sources,
-        concurrency=concurrency, timeout=timeout,
-    )  # fmt: skip
-    try:
-        if failures:
-            raise BenchmarkError(
-                f"{len(failures)} of {connections} participants could not join: {failures[0]}"
-            )
-        # The generator's own collector pauses would show up as latency, not as proxy cost.
-        gc.collect()
-        gc.disable()
-        if warmup > 0:
-            load = EchoLoad()
-            load.start(participants)
-            await asyncio.sleep(warmup)
-            load.stop()
-            if not await load.drained(timeout):
-                raise BenchmarkError("the warm-up load did not drain")
-        unexpected = sum(p.unexpected for p in participants)
-        window = _CpuWindow(proxy, upstream)
-        load = EchoLoad()
-        started = time.perf_counter()
-        load.start(participants)
-        await asyncio.sleep(duration)
-        load.stop()
-        if not await load.drained(timeout):
-            raise BenchmarkError(f"{load.inflight} round trips still in flight after {timeout} s")
-        seconds = time.perf_counter() - started
-        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
-        unexpected = sum(p.unexpected for p in participants) - unexpected
-    finally:
-        gc.enable()
-        await drop_all(participants)
-    samples = sorted(load.samples)
-    return RttResult(
-        connections=connections, round_trips=len(samples), seconds=seconds,
-        p50=percentile(samples, 0.5), p99=percentile(samples, 0.99),
-        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, errors=unexpected, lost=load.lost,
-        proxy_sys_cpu=proxy_sys, generator_cpu=generator_cpu,
+    return await relay.measure_rtt(
+        endpoint, proxy=proxy, upstream=upstream, connections=connections, duration=duration,
+        warmup=warmup, sources=sources, concurrency=concurrency, timeout=timeout,
+        opener=janus_opener(endpoint), release=drop_all,
     )  # fmt: skip
 
 
@@ -647,56 +587,11 @@ async def measure_joins(
     Raises:
         BenchmarkError: the storm did not finish within ``timeout``.
     """
-    tag = os.urandom(3).hex()
-    times: list[float] = []
-    failures: list[str] = []
-    opened: list[JanusParticipant] = []
-
-    def make_job(prefix: str, record: bool) -> Callable[[int], Any]:
-        async def job(i: int) -> None:
-            try:
-                participant = await open_janus_participant(
-                    endpoint, room=rooms[i % len(rooms)], display=f"{prefix}-{i}",
-                    source=sources[i % len(sources)], first_echo=True,
-                )  # fmt: skip
-            except (OSError, TimeoutError, LoadError) as exc:
-                if record:
-                    failures.append(_describe(exc))
-                return
-            participant.close()
-            opened.append(participant)
-            if record:
-                times.append(participant.time_to_first_echo)
-
-        return job
-
-    count = min(concurrency, joins) if warmup is None else warmup
-    try:
-        if count:
-            await _run_workers(count, concurrency, make_job(f"warm-{tag}", False), timeout)
-            await close_all(opened)
-            opened.clear()
-        gc.collect()
-        gc.disable()
-        window = _CpuWindow(proxy, upstream)
-        started = time.perf_counter()
-        await _run_workers(joins, concurrency, make_job(f"join-{tag}", True), timeout)
-        seconds = time.perf_counter() - started
-        await close_all(opened)
-        await asyncio.sleep(_SETTLE)
-        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
-        events = sum(p.unexpected for p in opened)
-    finally:
-        gc.enable()
-        for participant in opened:
-            participant.abort()
-    times.sort()
-    return JanusJoinResult(
-        joins=len(times), failures=len(failures), seconds=seconds,
-        p50=percentile(times, 0.5), p99=percentile(times, 0.99),
-        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, proxy_sys_cpu=proxy_sys,
-        generator_cpu=generator_cpu, first_error=failures[0] if failures else "", events=events,
+    result, events = await join_storm(
+        janus_opener(endpoint, rooms), proxy=proxy, upstream=upstream, joins=joins,
+        concurrency=concurrency, sources=sources, warmup=warmup, timeout=timeout,
     )  # fmt: skip
+    return JanusJoinResult(**asdict(result), events=events)
 
 
 async def measure_memory(
@@ -710,6 +605,9 @@ async def measure_memory(
     timeout: float = 120.0,
 ) -> MemoryResult:
     """Measure the memory that idle joined participants cost the proxy (and Janus).
+
+    :func:`loadtests.bench_relay.measure_memory` with Janus participants, dropped afterwards
+    (:func:`drop_all`).
 
     Args:
         endpoint: the proxy (or Janus itself).
@@ -726,22 +624,10 @@ async def measure_memory(
     Raises:
         BenchmarkError: opening did not finish within ``timeout``.
     """
-    proxy_before = proxy.rss_bytes() if proxy is not None else None
-    upstream_before = upstream.rss_bytes()
-    group, failures = await open_group(
-        endpoint, participants, tag=f"idle-{os.urandom(3).hex()}", sources=sources,
-        concurrency=concurrency, timeout=timeout,
-    )  # fmt: skip
-    try:
-        await asyncio.sleep(_SETTLE)
-        proxy_after = proxy.rss_bytes() if proxy is not None else None
-        upstream_after = upstream.rss_bytes()
-    finally:
-        await drop_all(group)
-    return MemoryResult(
-        participants=len(group), failures=len(failures),
-        proxy_rss_before=proxy_before, proxy_rss_after=proxy_after,
-        upstream_rss_before=upstream_before, upstream_rss_after=upstream_after,
+    return await relay.measure_memory(
+        endpoint, proxy=proxy, upstream=upstream, participants=participants,
+        concurrency=concurrency, sources=sources, timeout=timeout,
+        opener=janus_opener(endpoint), release=drop_all,
     )  # fmt: skip
 
 
@@ -1187,7 +1073,7 @@ async def run_benchmark(options: Options, env: JanusEnvironment,
                     result = await _measure(run, section, options, size, sources)
                 results.add(target, result)
                 print(f"[{key} round {round_number}/{options.rounds}] "
-                      f"{_one_line(target, result)}", file=out, flush=True)
+                      f"{one_line(target, result)}", file=out, flush=True)
     return all_results
 
 
@@ -1275,7 +1161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "options": {k: (str(v) if isinstance(v, Path | enum.Enum) else v)
                             for k, v in asdict(options).items()},
                 "sections": {r.key: r.to_json() for r in results},
-                "verdicts": [asdict(v) for v in _verdicts(results)],
+                "verdicts": [asdict(v) for v in verdicts(results)],
             }
             options.json_path.write_bytes(
                 orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)

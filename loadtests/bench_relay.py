@@ -52,11 +52,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 import orjson
 
@@ -83,16 +83,21 @@ __all__ = [
     "Child",
     "JoinResult",
     "MemoryResult",
+    "Opener",
     "Options",
     "ProcessGroup",
+    "Release",
     "RttResult",
     "Section",
     "Target",
     "Verdict",
+    "demo_opener",
+    "join_storm",
     "main",
     "measure_joins",
     "measure_memory",
     "measure_rtt",
+    "one_line",
     "open_group",
     "parse_args",
     "percentile",
@@ -101,6 +106,7 @@ __all__ = [
     "run_benchmark",
     "source_addresses",
     "sources_digest",
+    "verdicts",
 ]
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -515,6 +521,53 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+class Opener(Protocol):
+    """Opens participant ``index`` of a group or a join storm and returns it ready (IDLE).
+
+    The measurements call it for every participant, so the same measurement serves any join
+    protocol (:func:`demo_opener` for the demo meeting server; bench_janus has Janus' own).
+
+    Args:
+        index: the participant's number in its group or storm.
+        tag: makes the meeting and participant ids unique to this group or storm.
+        source: the local address to connect from.
+        first_echo: make one echo round trip after the join before being ready.
+        timeout: seconds for the whole sequence.
+
+    Raises:
+        LoadError: the upgrade or the join was refused.
+        TimeoutError: the sequence took longer than ``timeout``.
+        OSError: the connection could not be made.
+    """
+
+    def __call__(
+        self, index: int, *, tag: str, source: str, first_echo: bool = False, timeout: float = 10.0
+    ) -> Awaitable[Participant]: ...
+
+
+#: Ends the participants of a measurement (:func:`~loadtests.wsclient.close_all`, gracefully).
+Release = Callable[[Sequence[Participant]], Awaitable[object]]
+
+
+def demo_opener(endpoint: Endpoint, *, echo_size: int = 100) -> Opener:
+    """An :class:`Opener` joining the demo meeting server: a meeting of its own per participant.
+
+    Args:
+        endpoint: where to connect.
+        echo_size: the echo message size the participants will use.
+    """
+
+    async def open_one(
+        index: int, *, tag: str, source: str, first_echo: bool = False, timeout: float = 10.0
+    ) -> Participant:
+        return await open_participant(
+            endpoint, meeting=f"bench-{tag}-{index}", participant=f"p{index}", source=source,
+            echo_size=echo_size, first_echo=first_echo, timeout=timeout,
+        )  # fmt: skip
+
+    return open_one
+
+
 async def open_group(
     endpoint: Endpoint,
     count: int,
@@ -525,6 +578,7 @@ async def open_group(
     echo_size: int = 100,
     timeout: float = 120.0,
     connect_timeout: float = 10.0,
+    opener: Opener | None = None,
 ) -> tuple[list[Participant], list[str]]:
     """Open ``count`` participants, each joined to a meeting of its own, and leave them idle.
 
@@ -537,6 +591,7 @@ async def open_group(
         echo_size: the echo message size the participants will use.
         timeout: seconds for the whole group.
         connect_timeout: seconds for one participant.
+        opener: how a participant is opened (default: :func:`demo_opener`, ``echo_size``).
 
     Returns:
         The ready participants and a description of each failure.
@@ -544,15 +599,16 @@ async def open_group(
     Raises:
         BenchmarkError: the group did not finish within ``timeout``.
     """
+    if opener is None:
+        opener = demo_opener(endpoint, echo_size=echo_size)
     ready: list[Participant] = []
     failures: list[str] = []
 
     async def job(i: int) -> None:
         try:
-            ready.append(await open_participant(
-                endpoint, meeting=f"bench-{tag}-{i}", participant=f"p{i}",
-                source=sources[i % len(sources)], echo_size=echo_size, timeout=connect_timeout,
-            ))
+            ready.append(await opener(
+                i, tag=tag, source=sources[i % len(sources)], timeout=connect_timeout,
+            ))  # fmt: skip
         except (OSError, TimeoutError, LoadError) as exc:
             failures.append(_describe(exc))
 
@@ -577,6 +633,8 @@ async def measure_rtt(
     concurrency: int = 200,
     echo_size: int = 100,
     timeout: float = 120.0,
+    opener: Opener | None = None,
+    release: Release = close_all,
 ) -> RttResult:
     """Measure closed-loop echo round trips over ``connections`` participants.
 
@@ -591,16 +649,19 @@ async def measure_rtt(
         concurrency: connection attempts at a time while opening.
         echo_size: bytes per echo message.
         timeout: seconds for opening the participants, and for draining the load.
+        opener: how a participant is opened (default: :func:`demo_opener`, ``echo_size``).
+        release: how the participants are ended afterwards.
 
     Returns:
-        The figures of the measured phase.
+        The figures of the measured phase; ``errors`` counts the replies of the wrong length
+        and the messages nobody awaited that came during it.
 
     Raises:
         BenchmarkError: a participant could not join, or the load did not drain.
     """
     participants, failures = await open_group(
         endpoint, connections, tag=f"rtt-{os.urandom(3).hex()}", sources=sources,
-        concurrency=concurrency, echo_size=echo_size, timeout=timeout,
+        concurrency=concurrency, echo_size=echo_size, timeout=timeout, opener=opener,
     )
     try:
         if failures:
@@ -617,6 +678,7 @@ async def measure_rtt(
             load.stop()
             if not await load.drained(timeout):
                 raise BenchmarkError("the warm-up load did not drain")
+        unexpected = sum(p.unexpected for p in participants)
         window = _CpuWindow(proxy, upstream)
         load = EchoLoad()
         started = time.perf_counter()
@@ -627,16 +689,98 @@ async def measure_rtt(
             raise BenchmarkError(f"{load.inflight} round trips still in flight after {timeout} s")
         seconds = time.perf_counter() - started
         proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
+        unexpected = sum(p.unexpected for p in participants) - unexpected
     finally:
         gc.enable()
-        await close_all(participants)
+        await release(participants)
     samples = sorted(load.samples)
     return RttResult(
         connections=connections, round_trips=len(samples), seconds=seconds,
         p50=percentile(samples, 0.5), p99=percentile(samples, 0.99),
-        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, errors=load.errors, lost=load.lost,
-        proxy_sys_cpu=proxy_sys, generator_cpu=generator_cpu,
-    )
+        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, errors=load.errors + unexpected,
+        lost=load.lost, proxy_sys_cpu=proxy_sys, generator_cpu=generator_cpu,
+    )  # fmt: skip
+
+
+async def join_storm(
+    opener: Opener,
+    *,
+    proxy: ProcessGroup | None,
+    upstream: ProcessGroup | None,
+    joins: int,
+    concurrency: int,
+    sources: Sequence[str],
+    warmup: int | None = None,
+    timeout: float = 120.0,
+) -> tuple[JoinResult, int]:
+    """Measure a join storm: each join opens a participant with one echo, then closes it.
+
+    Args:
+        opener: how a participant is opened (called with ``first_echo=True``).
+        proxy: the proxy's processes (None: direct).
+        upstream: the upstream server's processes (None: not sampled).
+        joins: joins measured.
+        concurrency: joins in progress at a time.
+        sources: local addresses.
+        warmup: joins made first and not counted (default: ``concurrency``, at most ``joins``).
+        timeout: seconds for the warm-up and for the measured storm, each.
+
+    Returns:
+        The figures (the proxy's CPU includes closing the connections), and the messages nobody
+        awaited that the measured participants received (``unexpected``), in all.
+
+    Raises:
+        BenchmarkError: the storm did not finish within ``timeout``.
+    """
+    tag = os.urandom(3).hex()
+    times: list[float] = []
+    failures: list[str] = []
+    opened: list[Participant] = []
+
+    def make_job(prefix: str, record: bool) -> Callable[[int], Any]:
+        async def job(i: int) -> None:
+            try:
+                participant = await opener(
+                    i, tag=prefix, source=sources[i % len(sources)], first_echo=True
+                )
+            except (OSError, TimeoutError, LoadError) as exc:
+                if record:
+                    failures.append(_describe(exc))
+                return
+            participant.close()
+            opened.append(participant)
+            if record:
+                times.append(participant.time_to_first_echo)
+
+        return job
+
+    count = min(concurrency, joins) if warmup is None else warmup
+    try:
+        if count:
+            await _run_workers(count, concurrency, make_job(f"warm-{tag}", False), timeout)
+            await close_all(opened)
+            opened.clear()
+        gc.collect()
+        gc.disable()
+        window = _CpuWindow(proxy, upstream)
+        started = time.perf_counter()
+        await _run_workers(joins, concurrency, make_job(f"join-{tag}", True), timeout)
+        seconds = time.perf_counter() - started
+        await close_all(opened)
+        await asyncio.sleep(_SETTLE)
+        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
+        unexpected = sum(p.unexpected for p in opened)
+    finally:
+        gc.enable()
+        for participant in opened:
+            participant.abort()
+    times.sort()
+    return JoinResult(
+        joins=len(times), failures=len(failures), seconds=seconds,
+        p50=percentile(times, 0.5), p99=percentile(times, 0.99),
+        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, proxy_sys_cpu=proxy_sys,
+        generator_cpu=generator_cpu, first_error=failures[0] if failures else "",
+    ), unexpected  # fmt: skip
 
 
 async def measure_joins(
@@ -670,54 +814,11 @@ async def measure_joins(
     Raises:
         BenchmarkError: the storm did not finish within ``timeout``.
     """
-    tag = os.urandom(3).hex()
-    times: list[float] = []
-    failures: list[str] = []
-    opened: list[Participant] = []
-
-    def make_job(prefix: str, record: bool) -> Callable[[int], Any]:
-        async def job(i: int) -> None:
-            try:
-                participant = await open_participant(
-                    endpoint, meeting=f"bench-{prefix}-{i}", participant=f"p{i}",
-                    source=sources[i % len(sources)], echo_size=echo_size, first_echo=True,
-                )
-            except (OSError, TimeoutError, LoadError) as exc:
-                if record:
-                    failures.append(_describe(exc))
-                return
-            participant.close()
-            opened.append(participant)
-            if record:
-                times.append(participant.time_to_first_echo)
-        return job
-
-    count = min(concurrency, joins) if warmup is None else warmup
-    try:
-        if count:
-            await _run_workers(count, concurrency, make_job(f"warm-{tag}", False), timeout)
-            await close_all(opened)
-            opened.clear()
-        gc.collect()
-        gc.disable()
-        window = _CpuWindow(proxy, upstream)
-        started = time.perf_counter()
-        await _run_workers(joins, concurrency, make_job(f"join-{tag}", True), timeout)
-        seconds = time.perf_counter() - started
-        await close_all(opened)
-        await asyncio.sleep(_SETTLE)
-        proxy_cpu, proxy_sys, upstream_cpu, generator_cpu = window.read()
-    finally:
-        gc.enable()
-        for participant in opened:
-            participant.abort()
-    times.sort()
-    return JoinResult(
-        joins=len(times), failures=len(failures), seconds=seconds,
-        p50=percentile(times, 0.5), p99=percentile(times, 0.99),
-        proxy_cpu=proxy_cpu, upstream_cpu=upstream_cpu, proxy_sys_cpu=proxy_sys,
-        generator_cpu=generator_cpu, first_error=failures[0] if failures else "",
-    )
+    result, _ = await join_storm(
+        demo_opener(endpoint, echo_size=echo_size), proxy=proxy, upstream=upstream, joins=joins,
+        concurrency=concurrency, sources=sources, warmup=warmup, timeout=timeout,
+    )  # fmt: skip
+    return result
 
 
 async def measure_memory(
@@ -729,8 +830,10 @@ async def measure_memory(
     concurrency: int,
     sources: Sequence[str],
     timeout: float = 120.0,
+    opener: Opener | None = None,
+    release: Release = close_all,
 ) -> MemoryResult:
-    """Measure the memory that idle participants cost the proxy (and the demo meeting server).
+    """Measure the memory that idle participants cost the proxy (and the upstream server).
 
     Args:
         endpoint: the proxy (or the demo meeting server itself).
@@ -740,6 +843,8 @@ async def measure_memory(
         concurrency: connection attempts at a time.
         sources: local addresses.
         timeout: seconds for opening them all.
+        opener: how a participant is opened (default: :func:`demo_opener`).
+        release: how the participants are ended afterwards.
 
     Returns:
         RSS before and with the participants connected.
@@ -751,14 +856,14 @@ async def measure_memory(
     upstream_before = upstream.rss_bytes()
     group, failures = await open_group(
         endpoint, participants, tag=f"idle-{os.urandom(3).hex()}", sources=sources,
-        concurrency=concurrency, timeout=timeout,
+        concurrency=concurrency, timeout=timeout, opener=opener,
     )
     try:
         await asyncio.sleep(_SETTLE)
         proxy_after = proxy.rss_bytes() if proxy is not None else None
         upstream_after = upstream.rss_bytes()
     finally:
-        await close_all(group)
+        await release(group)
     return MemoryResult(
         participants=len(group), failures=len(failures),
         proxy_rss_before=proxy_before, proxy_rss_after=proxy_after,
@@ -1208,8 +1313,16 @@ def _fmt(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _verdicts(sections: Sequence[SectionResults]) -> list[Verdict]:
-    verdicts: list[Verdict] = []
+def verdicts(sections: Sequence[SectionResults]) -> list[Verdict]:
+    """The verdicts on the targets (CPU ratios against nginx, memory per pair) of ``sections``.
+
+    Args:
+        sections: the measured sections.
+
+    Returns:
+        One verdict per target that applies to a section.
+    """
+    found: list[Verdict] = []
     cpu = _Row("proxy_cpu_us", "", "")
     for results in sections:
         if results.section is Section.MEMORY:
@@ -1218,13 +1331,13 @@ def _verdicts(sections: Sequence[SectionResults]) -> list[Verdict]:
             nginx = results.summary(Target.NGINX, row)
             name = "memory per admitted pair"
             if geogate is None:
-                verdicts.append(Verdict(name, None, f"{name}: no geogate figure"))
+                found.append(Verdict(name, None, f"{name}: no geogate figure"))
                 continue
             met = geogate <= MEMORY_PER_PAIR_TARGET_KIB
             versus = f", nginx {nginx:.1f} KiB" if nginx is not None else ""
             over = "" if met else \
                 f", {geogate / MEMORY_PER_PAIR_TARGET_KIB - 1:.0%} over the target"
-            verdicts.append(Verdict(name, met, (
+            found.append(Verdict(name, met, (
                 f"{name}: geogate {geogate:.1f} KiB{versus} (target <= "
                 f"{MEMORY_PER_PAIR_TARGET_KIB:.0f} KiB): {'met' if met else 'NOT MET'}{over}"
             )))
@@ -1237,15 +1350,15 @@ def _verdicts(sections: Sequence[SectionResults]) -> list[Verdict]:
         nginx = results.summary(Target.NGINX, cpu)
         ratio = results.ratio("proxy_cpu_us")
         if ratio is None or geogate is None or nginx is None:
-            verdicts.append(Verdict(name, None, f"{name}: not checked (needs geogate and nginx)"))
+            found.append(Verdict(name, None, f"{name}: not checked (needs geogate and nginx)"))
             continue
         met = ratio <= limit
         over = "" if met else f", {ratio / limit - 1:.0%} over the target"
-        verdicts.append(Verdict(name, met, (
+        found.append(Verdict(name, met, (
             f"{name}: geogate {geogate:.1f} us, nginx {nginx:.1f} us, ratio {ratio:.2f}x "
             f"(target <= {limit}x): {'met' if met else 'NOT MET'}{over}"
         )))
-    return verdicts
+    return found
 
 
 def render_report(sections: Sequence[SectionResults], targets: Sequence[Target]) -> str:
@@ -1275,7 +1388,7 @@ def render_report(sections: Sequence[SectionResults], targets: Sequence[Target])
             lines.append(f"{row.label:<{width}}" + "".join(f"{c:>15}" for c in cells))
     lines.append("")
     lines.append("Targets (geogate against nginx in the same run):")
-    for verdict in _verdicts(sections):
+    for verdict in verdicts(sections):
         mark = {True: "met    ", False: "NOT MET", None: "n/a    "}[verdict.met]
         lines.append(f"  [{mark}] {verdict.text}")
     return "\n".join(lines)
@@ -1342,7 +1455,8 @@ async def _measure(run: Running, section: Section, options: Options, size: int,
     )
 
 
-def _one_line(target: Target, result: Result) -> str:
+def one_line(target: Target, result: Result) -> str:
+    """The progress line of one measurement: the section's main figures for ``target``."""
     f = result.figures()
     if isinstance(result, RttResult):
         return (f"{target}: {_fmt(f['round_trips_per_s'], '{:,.0f}')} rt/s, p99 "
@@ -1397,7 +1511,7 @@ async def run_benchmark(options: Options, env: Environment, out: TextIO) -> list
                     result = await _measure(run, section, options, size, sources)
                 results.add(target, result)
                 _progress(out, f"[{key} round {round_number}/{options.rounds}] "
-                               f"{_one_line(target, result)}")
+                               f"{one_line(target, result)}")
     return all_results
 
 
@@ -1448,7 +1562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "options": {k: (str(v) if isinstance(v, Path | Section) else v)
                             for k, v in asdict(options).items()},
                 "sections": {r.key: r.to_json() for r in results},
-                "verdicts": [asdict(v) for v in _verdicts(results)],
+                "verdicts": [asdict(v) for v in verdicts(results)],
             }
             options.json_path.write_bytes(
                 orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)

@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 
@@ -46,6 +46,7 @@ __all__ = [
     "Participant",
     "Stage",
     "close_all",
+    "connect_participant",
     "echo_payload",
     "encode_client_frame",
     "join_payload",
@@ -68,6 +69,8 @@ _TEXT: Final = 0x1
 _CLOSE: Final = 0x8
 _PING: Final = 0x9
 _PONG: Final = 0xA
+
+P = TypeVar("P", bound="Participant")
 
 
 class LoadError(GeogateError):
@@ -369,7 +372,7 @@ class Participant(asyncio.Protocol):
             if b0 & 0x08:
                 self._control(b0 & 0x0F, data[start:end])
             elif b0 & 0x80:
-                self._message(data, start, end)
+                self.message(data, start, end)
             pos = end
         if pos < n:
             self._pending = data[pos:]
@@ -418,23 +421,18 @@ class Participant(asyncio.Protocol):
         self.transport.write(self._join_frame)
         return head[end + 4 :]
 
-    def _message(self, data: bytes, start: int, end: int) -> None:
-        """A complete data message (its last frame) arrived."""
+    def message(self, data: bytes, start: int, end: int) -> None:
+        """A complete data message (its last frame) arrived: ``data[start:end]`` is its payload.
+
+        Subclasses speaking another join protocol override this, and report the echo replies
+        with :meth:`echo_replied` and :meth:`first_echo_replied`.
+        """
         stage = self.stage
         if stage is _ECHO:
-            load = self.load
-            assert load is not None and self.transport is not None
-            now = time.perf_counter()
-            load.samples.append(now - self.sent_at)
             if end - start != self._echo_size:
-                load.errors += 1
-            if load.running:
-                self.sent_at = now
-                self.transport.write(self._echo_frame)
-            else:
-                self.stage = _IDLE
-                self.load = None
-                load.finished()
+                assert self.load is not None
+                self.load.errors += 1
+            self.echo_replied()
         elif stage is _JOINING:
             payload = data[start:end]
             if b'"joined"' not in payload:
@@ -448,11 +446,29 @@ class Participant(asyncio.Protocol):
                 self.stage = _IDLE
                 self.ready.set_result(None)
         elif stage is _FIRST_ECHO:
-            self.time_to_first_echo = time.perf_counter() - self.started
-            self.stage = _IDLE
-            self.ready.set_result(None)
+            self.first_echo_replied()
         else:
             self.unexpected += 1
+
+    def echo_replied(self) -> None:
+        """The reply of a round trip of the echo load came (stage ECHO): record it, send again."""
+        load = self.load
+        assert load is not None and self.transport is not None
+        now = time.perf_counter()
+        load.samples.append(now - self.sent_at)
+        if load.running:
+            self.sent_at = now
+            self.transport.write(self._echo_frame)
+        else:
+            self.stage = _IDLE
+            self.load = None
+            load.finished()
+
+    def first_echo_replied(self) -> None:
+        """The reply of the round trip after the join came (stage FIRST_ECHO): ready."""
+        self.time_to_first_echo = time.perf_counter() - self.started
+        self.stage = _IDLE
+        self.ready.set_result(None)
 
     def _control(self, opcode: int, payload: bytes) -> None:
         transport = self.transport
@@ -552,7 +568,6 @@ async def open_participant(
         TimeoutError: the sequence took longer than ``timeout``.
         OSError: the connection could not be made.
     """
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
     mask = os.urandom(4)
     proto = Participant(
@@ -564,6 +579,29 @@ async def open_participant(
         first_echo=first_echo,
         started=started,
     )
+    return await connect_participant(proto, endpoint, source=source, timeout=timeout)
+
+
+async def connect_participant(
+    proto: P, endpoint: Endpoint, *, source: str | None = None, timeout: float = 10.0
+) -> P:
+    """Connect ``proto`` to ``endpoint`` and wait until it is ready (upgraded and joined).
+
+    Args:
+        proto: the participant, not yet connected.
+        endpoint: where to connect.
+        source: the local address to connect from (port chosen by the kernel).
+        timeout: seconds for the whole sequence.
+
+    Returns:
+        ``proto``, IDLE.
+
+    Raises:
+        LoadError: the upgrade or the join was refused, or the server closed the connection.
+        TimeoutError: the sequence took longer than ``timeout``.
+        OSError: the connection could not be made.
+    """
+    loop = asyncio.get_running_loop()
     local_addr = (source, 0) if source else None
     try:
         async with asyncio.timeout(timeout):
