@@ -47,7 +47,7 @@ from loadtests.trace import EventKind, TraceEvent, TraceHeader, read_trace, writ
 from loadtests.worker import WorkerJob, raise_open_files, worker_main
 from proxy.config import Config, load_restrictions
 from proxy.errors import ConfigError, ConfigIssue, GeogateError
-from proxy.geo import GeoIPSettings, GeoResolver
+from proxy.geo import GeoResolver
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.regions import covered_by
 
@@ -243,13 +243,7 @@ def resolve_participants(scenario: Scenario, plan: Plan,
         ConfigError: a pool's address resolves outside the region the pool names.
         GeoIPError: the database cannot be opened.
     """
-    resolver = GeoResolver(GeoIPSettings(
-        database=config.geoip.database,
-        anonymous_database=config.geoip.anonymous_database,
-        overrides=config.geoip.overrides(),
-        cache_size=0,
-        lookup_private=config.geoip.lookup_private,
-    ))
+    resolver = GeoResolver(config.geoip.settings(cache_size=0))
     expected = {pool.name: pool.region for pool in scenario.region}
     issues: list[ConfigIssue] = []
     out: dict[int, ParticipantInfo] = {}

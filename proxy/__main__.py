@@ -26,7 +26,7 @@ from typing import TextIO
 from proxy import __version__
 from proxy.config import Config, load_config, load_restrictions, parse_overrides
 from proxy.errors import ConfigError, GeogateError, GeoIPError
-from proxy.geo import GeoIPSettings, GeoResolver, TrustedNetworks, client_address
+from proxy.geo import GeoResolver, TrustedNetworks, client_address
 from proxy.geoip_build import build_anonymous_from_csv, build_from_csv
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.restrictions import Restriction
@@ -70,16 +70,6 @@ def _describe(r: Restriction) -> str:
     )
 
 
-def _settings(config: Config) -> GeoIPSettings:
-    return GeoIPSettings(
-        database=config.geoip.database,
-        anonymous_database=config.geoip.anonymous_database,
-        overrides=config.geoip.overrides(),
-        cache_size=config.geoip.cache_size,
-        lookup_private=config.geoip.lookup_private,
-    )
-
-
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, parse_overrides(args.set or []))
 
@@ -101,7 +91,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         errors.extend(str(issue) for issue in exc.issues)
     resolver: GeoResolver | None = None
     try:
-        resolver = GeoResolver(_settings(config))
+        resolver = GeoResolver(config.geoip.settings())
     except GeoIPError as exc:
         errors.append(str(exc))
     if errors:
@@ -155,7 +145,7 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
     header = config.client_address.header
     client = client_address(args.address, args.forwarded_for or [], trusted, header)
     rset = load_restrictions(config.restrictions.path)
-    resolver = GeoResolver(_settings(config))
+    resolver = GeoResolver(config.geoip.settings())
     try:
         result = resolver.resolve(client.address)
     finally:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError, ConfigIssue
-from proxy.geo import ForwardedHeader
+from proxy.geo import ForwardedHeader, GeoIPSettings
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.regions import Location, validate_region
 from proxy.policy.restrictions import Enforcement, Mode, Restriction, Treatment
@@ -203,6 +203,20 @@ class GeoIPConfig:
             subdivision = item.region if "-" in item.region else None
             pairs.append((item.network, Location(country, subdivision)))
         return tuple(pairs)
+
+    def settings(self, *, cache_size: int | None = None) -> GeoIPSettings:
+        """What a :class:`~proxy.geo.GeoResolver` needs, from this section.
+
+        Args:
+            cache_size: overrides ``cache_size`` (0: no cache, for one-off resolutions).
+        """
+        return GeoIPSettings(
+            database=self.database,
+            anonymous_database=self.anonymous_database,
+            overrides=self.overrides(),
+            cache_size=self.cache_size if cache_size is None else cache_size,
+            lookup_private=self.lookup_private,
+        )
 
 
 @dataclass(frozen=True, slots=True)

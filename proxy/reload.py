@@ -28,7 +28,7 @@ from typing import Any
 
 from proxy.config import Snapshot, load_snapshot
 from proxy.errors import ConfigError
-from proxy.geo import GeoIPSettings, GeoResolver
+from proxy.geo import GeoResolver
 from proxy.policy.gate import BarredPair
 from proxy.sessions import Session
 
@@ -219,11 +219,7 @@ class Reloader:
         """A new GeoIP resolver when the GeoIP settings changed, else None."""
         if old.config.geoip == new.config.geoip:
             return None
-        g = new.config.geoip
-        return GeoResolver(GeoIPSettings(
-            database=g.database, anonymous_database=g.anonymous_database,
-            overrides=g.overrides(), cache_size=g.cache_size, lookup_private=g.lookup_private,
-        ))
+        return GeoResolver(new.config.geoip.settings())
 
     def _failed(self, trigger: str, error: str, issues: Iterable[Any]) -> ReloadOutcome:
         log.error("reload (%s) refused, the configuration in force stays: %s", trigger, error)

@@ -50,7 +50,7 @@ from proxy.errors import (
     UpstreamUnavailable,
 )
 from proxy.frames import MessageAssembler, Opcode, apply_mask, parse_header
-from proxy.geo import GeoIPSettings, GeoResolver, GeoResult, TrustedNetworks, client_address
+from proxy.geo import GeoResolver, GeoResult, TrustedNetworks, client_address
 from proxy.handshake import (
     Request,
     RequestParser,
@@ -758,13 +758,7 @@ class Server:
                                               "the admin server needs a token file"))
             token = read_token(config.admin.token_file)
         if geo is None:
-            geo = GeoResolver(GeoIPSettings(
-                database=config.geoip.database,
-                anonymous_database=config.geoip.anonymous_database,
-                overrides=config.geoip.overrides(),
-                cache_size=config.geoip.cache_size,
-                lookup_private=config.geoip.lookup_private,
-            ))
+            geo = GeoResolver(config.geoip.settings())
         self.state = ServerState(snapshot, geo)
         self._server: asyncio.Server | None = None
         self._ssl: ssl.SSLContext | None = None
