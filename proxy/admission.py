@@ -172,7 +172,6 @@ class Admission:
         geo: GeoResult,
         *,
         peer: str = "",
-        reeval: bool = False,
     ) -> Denial | None:
         """Decide a join; None admits it.
 
@@ -181,14 +180,10 @@ class Admission:
             address: the client address (for exempt networks and the retry window).
             geo: where the address was placed.
             peer: the socket peer, for the log.
-            reeval: an open session re-checked after a change: recorded as evict/would-evict,
-                and never answered from the retry window.
 
         Returns:
             None to admit, or the denial to send.
         """
-        if reeval:
-            return self._reevaluate(join, address, geo, peer)
         key = (address, join.meeting)
         rset = self.restrictions
         cached = self._denials.get(key)
@@ -224,18 +219,27 @@ class Admission:
             self._denials[key] = (self.monotonic() + self.retry_window, rset.version, geo, denial)
         return denial
 
-    def _reevaluate(
-        self, join: Join, address: IPv4Address | IPv6Address, geo: GeoResult, peer: str
-    ) -> Denial | None:
+    def reevaluate(
+        self, join: Join, address: IPv4Address | IPv6Address, geo: GeoResult, peer: str = ""
+    ) -> tuple[Denial | None, tuple[str, ...]]:
+        """Re-check an open session after a change; recorded as evict or would-evict.
+
+        Never answered from the retry window.
+
+        Returns:
+            The denial (None: the session stays) and the ids of the dry-run restrictions that
+            would evict it.
+        """
         decision = self.restrictions.decide(join.meeting, geo.location, address, self.clock())
-        if decision.matches and decision.denied_by is None:
-            self.counts["would-evict"] += 1
-            self._record("would-evict", decision, join, address, geo, peer)
+        would = tuple(m.restriction.id for m in decision.matches if not m.enforced)
         if decision.denied_by is None:
-            return None
+            if decision.matches:
+                self.counts["would-evict"] += 1
+                self._record("would-evict", decision, join, address, geo, peer)
+            return None, would
         self.counts["evict"] += 1
         self._record("evict", decision, join, address, geo, peer)
-        return self._denial(decision)
+        return self._denial(decision), would
 
     def _denial(self, decision: Decision) -> Denial:
         r = decision.denied_by

@@ -280,15 +280,14 @@ class Reloader:
                     continue
                 session.geo = geo
             rechecked += 1
-            before = admission.counts["would-evict"]
-            denial = admission.decide(session.join, session.address, session.geo,
-                                      peer=session.peer, reeval=True)
-            if admission.counts["would-evict"] != before:
+            denial, dry = admission.reevaluate(session.join, session.address, session.geo,
+                                               session.peer)
+            if denial is None and dry:
                 would += 1
-                for match in _dry_matches(admission, session):
-                    self.would_evictions[match] = self.would_evictions.get(match, 0) + 1
+                for rid in dry:
+                    self.would_evictions[rid] = self.would_evictions.get(rid, 0) + 1
                     if self.observer is not None:
-                        self.observer.would_evict(match)
+                        self.observer.would_evict(rid)
             if denial is None:
                 continue
             session.evict(denial)
@@ -338,13 +337,6 @@ class Reloader:
                          outcome.rechecked, outcome.evicted, outcome.would_evict)
                 self._done(outcome)
             self._schedule_boundary()
-
-
-def _dry_matches(admission: Any, session: Session) -> list[str]:
-    """Ids of the dry-run restrictions that match a session now (for would-evict counts)."""
-    decision = admission.restrictions.decide(session.meeting, session.geo.location,
-                                             session.address, time.time())
-    return [m.restriction.id for m in decision.matches if not m.enforced]
 
 
 def _warn_unapplied(old: Snapshot, new: Snapshot) -> None:
