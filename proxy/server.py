@@ -190,7 +190,7 @@ class ServerState:
         #: an older generation is decided again before it is relayed.
         self.generation = 0
         self.counts: dict[str, int] = {
-            "connections": 0, "handshake-refused": 0, "upstream-failed": 0, "relays-closed": 0,
+            "connections": 0, "upstream-failed": 0, "relays-closed": 0,
         }  # fmt: skip
         #: Handshakes refused, by HTTP status.
         self.refused: dict[int, int] = {}
@@ -414,10 +414,7 @@ class ClientConnection(asyncio.Protocol):
             denial = state.admission.decide(join, client.address, self.geo, peer=self.peer)
             if denial is not None:
                 if state.config.protocol.denial is DenialStyle.HTTP:
-                    state.counts["handshake-refused"] += 1
-                    state.refused[451] = state.refused.get(451, 0) + 1
-                    self._write(denial.http)
-                    self._close_transport()
+                    self._answer(451, denial.http)
                 else:
                     self._accept(offered[0] if offered else None)
                     self._deny(denial)
@@ -439,9 +436,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         """Answer the HTTP request with an error and close."""
-        self.state.counts["handshake-refused"] += 1
+        self._answer(status, build_error_response(status, text + "\n", headers))
+
+    def _answer(self, status: int, response: bytes) -> None:
+        """Write a refusal, count it by status, and close."""
         self.state.refused[status] = self.state.refused.get(status, 0) + 1
-        self._write(build_error_response(status, text + "\n", headers))
+        self._write(response)
         self._close_transport()
 
     def _handshake_timeout(self) -> None:
