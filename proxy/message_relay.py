@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from proxy.adapters.base import AdapterConnection, Forward, Gate, Join, Reply
 from proxy.admission import NOTICE_CLOSE_CODE, Denial
-from proxy.errors import ClientError, MessageTooBig, ProtocolViolation
+from proxy.errors import ClientError
 from proxy.frames import Opcode, apply_mask, encode_frame, parse_header
 from proxy.relay import Direction, Relay
 from proxy.sessions import Session
@@ -82,18 +82,8 @@ class MessageDirection(Direction):
                 if header is None:
                     break
                 opcode = header.opcode
-                if opcode < 8:
-                    # Bound the message before waiting for its payload.
-                    if opcode:
-                        if self.msg_opcode:
-                            raise ProtocolViolation("new message while a fragmented one is open")
-                        size = header.length
-                    else:
-                        if not self.msg_opcode:
-                            raise ProtocolViolation("continuation without a message started")
-                        size = self.msg_size + header.length
-                    if size > self.max_message:
-                        raise MessageTooBig(f"message over {self.max_message} bytes")
+                # Bound a data frame's message before waiting for its payload.
+                size = self._message_size(opcode, header.length) if opcode < 8 else 0
                 end = pos + header.header_len + header.length
                 if end > n:
                     break
@@ -112,9 +102,7 @@ class MessageDirection(Direction):
                     continue
                 if opcode:
                     self.msg_opcode = opcode
-                    self.msg_size = header.length
-                else:
-                    self.msg_size += header.length
+                self.msg_size = size
                 if self.msg_opcode != _TEXT:
                     if not self.stopped:
                         out.append(frame)

@@ -176,19 +176,12 @@ class Direction(asyncio.Protocol):
                         self.close_seen = True
                     pos = end
                     continue
-                # A data frame: track its message, bound its size, read it if inspected.
-                if opcode:
-                    if self.msg_opcode:
-                        raise ProtocolViolation("new message while a fragmented one is in progress")
-                    self.msg_opcode = opcode
-                    self.msg_size = header.length
-                else:
-                    if not self.msg_opcode:
-                        raise ProtocolViolation("continuation frame without a message started")
-                    self.msg_size += header.length
-                if self.msg_size > self.max_message:
-                    raise MessageTooBig(f"message over {self.max_message} bytes")
-                if self.inspect and self.msg_opcode == _TEXT and not stopped:
+                # A data frame: bound its message, read it if inspected, then track it. The
+                # state changes only once the frame is taken: a frame held until whole is read
+                # again from the start with the next chunk.
+                size = self._message_size(opcode, header.length)
+                message_opcode = opcode or self.msg_opcode
+                if self.inspect and message_opcode == _TEXT and not stopped:
                     if end > n:
                         break  # an inspected frame is held until whole
                     join = self._read_text(data, pos + header.header_len, end, header)
@@ -198,6 +191,8 @@ class Direction(asyncio.Protocol):
                         start = pos
                         if not relay.rejoin(join):
                             return  # the relay is ending; nothing more is forwarded
+                self.msg_opcode = message_opcode
+                self.msg_size = size
                 if header.fin:
                     self.messages += 1
                     self.msg_opcode = 0
@@ -238,6 +233,26 @@ class Direction(asyncio.Protocol):
             source.resume_reading()
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    def _message_size(self, opcode: int, length: int) -> int:
+        """The size of the message in progress once this data frame is added.
+
+        Raises:
+            ProtocolViolation: a new message while a fragmented one is open, or a continuation
+                with none open (RFC 6455 section 5.4).
+            MessageTooBig: the message would pass ``max_message``.
+        """
+        if opcode:
+            if self.msg_opcode:
+                raise ProtocolViolation("new message while a fragmented one is in progress")
+            size = length
+        else:
+            if not self.msg_opcode:
+                raise ProtocolViolation("continuation frame without a message started")
+            size = self.msg_size + length
+        if size > self.max_message:
+            raise MessageTooBig(f"message over {self.max_message} bytes")
+        return size
 
     def _flush(self, data: bytes, start: int, end: int) -> None:
         if end > start:

@@ -131,3 +131,23 @@ async def test_slow_reader_pauses_the_other_side(proxies: ProxyFactory,
         assert await reader.recv() == payload
     await asyncio.wait_for(sending, TIMEOUT)
     assert relay.upstream.is_reading()
+
+
+async def test_text_frame_split_across_reads_is_relayed(proxies: ProxyFactory,
+                                                        upstream: DemoUpstream) -> None:
+    """A client text frame that arrives in several reads is read whole once, then relayed."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    client = await RawClient.connect(server.port, after_request=join("m", "a"))
+    await client.recv_frame()
+    text = b'{"type":"echo","data":"' + b"q" * 5000 + b'"}'
+    whole = frame(Opcode.TEXT, text)
+    client.send(whole[:100])
+    await client.writer.drain()
+    # An echo of a small frame would come back first if the split frame were lost: wait for
+    # the proxy to hold the first part, then send the rest.
+    relay = relay_of(server, "a")
+    await wait_until(lambda: relay.up.pending != b"")
+    client.send(whole[100:])
+    opcode, payload, _ = await client.recv_frame()
+    assert opcode == Opcode.TEXT and orjson.loads(payload) == orjson.loads(text)
+    client.close()
