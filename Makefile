@@ -13,7 +13,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	&& { echo $$p; break; }; done)
 
-.PHONY: run test lint check venv demo-db bench-deps bench-gate clean
+.PHONY: run test test-deps lint check venv demo-db bench-deps bench-gate clean
 
 venv: $(STAMP)
 
@@ -38,7 +38,13 @@ demo-db: $(DEMO_DB)
 run: $(STAMP) $(DEMO_DB)
 	$(BIN)/python -m proxy run-demo --config $(CONFIG)
 
-test: $(STAMP)
+# The Janus tests run a real Janus from Debian's package: installed with apt-get when missing.
+test-deps:
+	@command -v janus >/dev/null 2>&1 || test -x /usr/bin/janus || { \
+		command -v apt-get >/dev/null || { echo "test-deps: install janus (no apt-get here)" >&2; exit 1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; }
+
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
