@@ -80,5 +80,10 @@ bench-janus: $(STAMP)
 bench-evict: $(STAMP)
 	$(BIN)/python -m loadtests.bench_evict $(BENCH_ARGS)
 
+# Demo meeting server CPU per broadcast and join (compare trees with --server PATH twice).
+.PHONY: bench-demo
+bench-demo: $(STAMP)
+	$(BIN)/python -m loadtests.bench_demo $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -32,6 +32,8 @@ from proxy.demo_upstream import (
     parse_message,
 )
 from proxy.errors import PolicyViolation
+from proxy.frames import Opcode, encode_close_payload, encode_frame
+from tests.helpers.rawws import RawClient, frame
 
 # Generous: the machine has 2 cores and is noisy. Waits end as soon as the awaited thing happens.
 TIMEOUT = 10.0
@@ -244,6 +246,7 @@ def test_event_header_lookup_is_case_insensitive() -> None:
         {"ping_interval": 0},
         {"ping_timeout": -1.0},
         {"backlog": 0},
+        {"max_buffer": 0},
         {"max_events": 0},
         {"subprotocols": ("bad token",)},
         {"subprotocols": (), "require_subprotocol": True},
@@ -567,6 +570,354 @@ async def test_message_over_max_size_closes_1009(
     await send_json(ws, {"type": "echo", "pad": "x" * 2000})
     closed = await expect_closed(ws)
     assert closed.rcvd is not None and closed.rcvd.code == 1009
+
+
+# --------------------------------------------------------------------------------------------
+# WebSocket framing, seen with a raw client
+
+
+def text_frame(obj: object) -> bytes:
+    """A masked client text frame holding a JSON value."""
+    return frame(Opcode.TEXT, orjson.dumps(obj))
+
+
+async def next_message(client: RawClient) -> tuple[int, bytes]:
+    """The next data frame (opcode, payload), answering keepalive pings on the way."""
+    while True:
+        opcode, payload, fin = await client.recv_frame(TIMEOUT)
+        if opcode == Opcode.PING:
+            client.send(frame(Opcode.PONG, payload))
+            continue
+        assert fin, "the server fragments nothing"
+        return opcode, payload
+
+
+async def next_json(client: RawClient) -> dict[str, Any]:
+    """The next data frame, which must be text holding a JSON object."""
+    opcode, payload = await next_message(client)
+    assert opcode == Opcode.TEXT
+    obj = orjson.loads(payload)
+    assert isinstance(obj, dict)
+    return obj
+
+
+async def raw_join(client: RawClient, meeting: str, participant: str) -> None:
+    """Join and consume the ``joined`` reply."""
+    client.send(text_frame({"type": "join", "meeting": meeting, "participant": participant}))
+    assert (await next_json(client))["type"] == "joined"
+
+
+async def raw_barrier(client: RawClient) -> None:
+    """Assert that nothing is queued for ``client``: an echo sent now is the next message."""
+    token = next(_barrier_ids)
+    client.send(text_frame({"type": "echo", "barrier": token}))
+    assert await next_json(client) == {"type": "echo", "barrier": token}
+
+
+async def read_to_end(client: RawClient) -> bytes:
+    """Everything the server sends until it ends the stream."""
+    rest = client.buffer + await asyncio.wait_for(client.reader.read(), TIMEOUT)
+    client.buffer = b""
+    return rest
+
+
+RawConnect = Callable[..., Awaitable[RawClient]]
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawConnect]:
+    """Open upgraded raw connections to a demo upstream; close them all at teardown."""
+    opened: list[RawClient] = []
+
+    async def open_raw(upstream: DemoUpstream, after_request: bytes = b"") -> RawClient:
+        client = await RawClient.connect(upstream.port, after_request=after_request)
+        opened.append(client)
+        return client
+
+    yield open_raw
+    for client in opened:
+        client.close()
+
+
+async def test_broadcast_is_one_identical_frame_per_receiver(
+    upstream: DemoUpstream, raw: RawConnect
+) -> None:
+    """A signal or binary message to everyone reaches each receiver once, as the same frame."""
+    receivers = [await raw(upstream) for _ in range(8)]
+    for index, client in enumerate(receivers):
+        await raw_join(client, "m", f"r{index}")
+    sender = await raw(upstream)
+    await raw_join(sender, "m", "s")
+    data = {"sdp": "v=0\r\n", "candidates": list(range(40)), "é": None}
+    sender.send(text_frame({"type": "signal", "to": "*", "data": data}))
+    blob = random.Random(2).randbytes(70_000)  # a 64-bit length field
+    sender.send(frame(Opcode.BINARY, blob))
+    signal_payload = orjson.dumps({"type": "signal", "from": "s", "data": data})
+    for index, client in enumerate(receivers):
+        later = [f"r{later}" for later in range(index + 1, len(receivers))] + ["s"]
+        for name in later:
+            assert await next_json(client) == {
+                "type": "participant-joined",
+                "meeting": "m",
+                "participant": name,
+            }
+        # recv_frame refuses a masked frame: these are server frames, unfragmented.
+        assert await next_message(client) == (Opcode.TEXT, signal_payload)
+        assert await next_message(client) == (Opcode.BINARY, blob)
+        await raw_barrier(client)
+    await raw_barrier(sender)
+
+
+_MASK = b"\x01\x02\x03\x04"
+_UPGRADE = (
+    "Host: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (encode_frame(Opcode.TEXT, b"{}", mask=False), 1002),
+        (bytes((0xC1, 0x80)) + _MASK, 1002),
+        (bytes((0x83, 0x80)) + _MASK, 1002),
+        (frame(Opcode.CONT, b"x"), 1002),
+        (frame(Opcode.TEXT, b"a", fin=False) + frame(Opcode.TEXT, b"b"), 1002),
+        (bytes((0x09, 0x80)) + _MASK, 1002),
+        (bytes((0x89, 0xFE, 0x00, 0x7E)) + _MASK + bytes(126), 1002),
+        (bytes((0x81, 0xFE, 0x00, 0x05)) + _MASK + bytes(5), 1002),
+        (frame(Opcode.CLOSE, b"\x03"), 1002),
+        (frame(Opcode.CLOSE, (1005).to_bytes(2, "big")), 1002),
+        (frame(Opcode.CLOSE, (1000).to_bytes(2, "big") + b"\xff"), 1002),
+        (frame(Opcode.TEXT, b'{"type":"echo","x":"\xff"}'), 1007),
+        (frame(Opcode.TEXT, b"\xc3", fin=False) + frame(Opcode.CONT, b"\x28"), 1007),
+    ],
+    ids=[
+        "unmasked",
+        "reserved-bit",
+        "reserved-opcode",
+        "continuation-first",
+        "new-message-mid-message",
+        "fragmented-ping",
+        "ping-over-125-bytes",
+        "length-not-minimal",
+        "close-payload-one-byte",
+        "close-code-not-on-wire",
+        "close-reason-not-utf8",
+        "text-not-utf8",
+        "text-not-utf8-across-fragments",
+    ],
+)
+async def test_malformed_frames_close_with_their_code(
+    upstream: DemoUpstream, raw: RawConnect, data: bytes, code: int
+) -> None:
+    """A framing fault gets a close frame with its code (RFC 6455 7.4.1), then end of stream."""
+    client = await raw(upstream)
+    await raw_join(client, "m", "a")
+    client.send(data)
+    assert (await client.recv_close(TIMEOUT))[0] == code
+    assert await read_to_end(client) == b""  # the server reads no more frames and half-closes
+    client.close()
+    closed = await upstream.wait_for_event(lambda e: e.kind is EventKind.CLOSE)
+    assert (closed.code, closed.participant) == (1006, "a")  # no close frame was read from it
+    assert upstream.participants("m") == []
+
+
+async def test_oversized_frame_is_refused_before_its_payload(
+    make_upstream: MakeUpstream, raw: RawConnect
+) -> None:
+    """A frame header announcing more than max_size closes with 1009 before the payload comes."""
+    upstream = await make_upstream(max_size=1024)
+    client = await raw(upstream)
+    client.send(bytes((0x82, 0xFE)) + (1025).to_bytes(2, "big") + _MASK)
+    assert await client.recv_close(TIMEOUT) == (1009, "message too big")
+
+
+async def test_fragments_with_a_ping_between(upstream: DemoUpstream, raw: RawConnect) -> None:
+    """A ping between a message's fragments is answered at once; the message is assembled."""
+    client = await raw(upstream)
+    client.send(frame(Opcode.TEXT, b'{"type":"echo",', fin=False))
+    client.send(frame(Opcode.PING, b"between"))
+    client.send(frame(Opcode.CONT, b'"n":', fin=False) + frame(Opcode.CONT, '"é"}'.encode()))
+    assert await client.recv_frame(TIMEOUT) == (Opcode.PONG, b"between", True)
+    assert await next_json(client) == {"type": "echo", "n": "é"}
+
+
+async def test_frames_right_after_the_request(upstream: DemoUpstream, raw: RawConnect) -> None:
+    """Frames sent in the same segment as the upgrade request are read after the upgrade."""
+    client = await raw(upstream, after_request=text_frame({"type": "echo", "early": True}))
+    assert await next_json(client) == {"type": "echo", "early": True}
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [(encode_close_payload(4000, "bye é"), 4000, "bye é"), (b"", 1005, "")],
+)
+async def test_close_frame_is_echoed_then_the_server_ends_tcp(
+    upstream: DemoUpstream, raw: RawConnect, payload: bytes, code: int, reason: str
+) -> None:
+    """A client's close is echoed as it came, then the server ends the stream first."""
+    client = await raw(upstream)
+    await raw_join(client, "m", "a")
+    client.send(frame(Opcode.CLOSE, payload))
+    assert await client.recv_frame(TIMEOUT) == (Opcode.CLOSE, payload, True)
+    assert await read_to_end(client) == b""
+    client.close()
+    closed = await upstream.wait_for_event(lambda e: e.kind is EventKind.CLOSE)
+    assert (closed.code, closed.reason, closed.meeting) == (code, reason, "m")
+
+
+# --------------------------------------------------------------------------------------------
+# Slow receivers and keepalive
+
+
+async def slow_reader(upstream: DemoUpstream) -> RawClient:
+    """An upgraded raw connection with a 4 KiB receive buffer, for a client that does not read.
+
+    Its stream reader holds at most 2 KiB before it stops reading the socket, so whatever the
+    kernels do not hold stays in the server's write buffer.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (upstream.host, upstream.port))
+    except OSError:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    writer.write(f"GET / HTTP/1.1\r\n{_UPGRADE}\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return RawClient(reader, writer)
+
+
+async def test_receiver_that_stops_reading_is_closed_with_1013(
+    make_upstream: MakeUpstream, client: Connect
+) -> None:
+    """A receiver whose unsent bytes pass max_buffer gets nothing more and is closed with 1013."""
+    limit = 256 * 1024
+    upstream = await make_upstream(max_buffer=limit)
+    slow = await slow_reader(upstream)
+    try:
+        slow.send(text_frame({"type": "join", "meeting": "m", "participant": "slow"}))
+        await upstream.wait_for_event(lambda e: e.kind is EventKind.JOIN)
+        sender = (await meeting_of(upstream, client, ["sender"]))["sender"]
+        chunk = "x" * (128 * 1024)
+        signals = 64  # 8 MiB: far more than the kernels' buffers and max_buffer together
+        for n in range(signals):
+            # One signal per loop iteration of the server, each handled before the next (the
+            # barrier): none waited for the slow receiver.
+            await send_json(sender, {"type": "signal", "to": "*", "data": [n, chunk]})
+            await barrier(sender)
+
+        connection = upstream.rooms["m"]["slow"]
+        assert connection.transport is not None
+        # max_buffer, plus the one message that passed it, plus the close frame.
+        assert connection.transport.get_write_buffer_size() < limit + 2 * len(chunk)
+
+        assert (await next_json(slow))["type"] == "joined"
+        assert (await next_json(slow))["participant"] == "sender"
+        received = 0
+        while True:
+            opcode, payload, _ = await slow.recv_frame(TIMEOUT)
+            if opcode == Opcode.CLOSE:
+                break
+            assert orjson.loads(payload)["data"][0] == received  # in order, none skipped
+            received += 1
+        assert 0 < received < signals
+        assert (int.from_bytes(payload[:2], "big"), payload[2:]) == (1013, b"too slow")
+        slow.send(slow.close_frame(1013))
+        assert await read_to_end(slow) == b""
+        slow.close()
+        assert await recv_json(sender) == {
+            "type": "participant-left",
+            "meeting": "m",
+            "participant": "slow",
+        }
+        closed = await upstream.wait_for_event(lambda e: e.kind is EventKind.CLOSE)
+        assert (closed.code, closed.participant) == (1013, "slow")
+    finally:
+        slow.close()
+
+
+async def test_keepalive_closes_a_silent_client_with_1011(
+    make_upstream: MakeUpstream, raw: RawConnect
+) -> None:
+    """A client that does not answer the keepalive ping within ping_timeout is closed, 1011."""
+    upstream = await make_upstream(ping_interval=0.02, ping_timeout=0.05)
+    client = await raw(upstream)
+    opcode, _, _ = await client.recv_frame(TIMEOUT)
+    assert opcode == Opcode.PING
+    assert await client.recv_close(TIMEOUT) == (1011, "keepalive ping timeout")
+
+
+async def test_keepalive_keeps_a_client_that_answers(
+    make_upstream: MakeUpstream, raw: RawConnect
+) -> None:
+    """Pings keep coming every ping_interval to a client that answers them, which stays open."""
+    upstream = await make_upstream(ping_interval=0.02, ping_timeout=TIMEOUT)
+    client = await raw(upstream)
+    payloads = []
+    for _ in range(3):
+        opcode, payload, _ = await client.recv_frame(TIMEOUT)
+        assert opcode == Opcode.PING
+        payloads.append(payload)
+        client.send(frame(Opcode.PONG, payload))
+    assert len(set(payloads)) == 3
+    await raw_barrier(client)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        ("GET / HTTP/1.1\r\nHost: h\r\n\r\n", 426),
+        (f"POST / HTTP/1.1\r\n{_UPGRADE}\r\n", 405),
+        (f"GET / HTTP/1.1\r\n{_UPGRADE.replace('13', '8')}\r\n", 426),
+        (f"GET / HTTP/1.1\r\n{_UPGRADE}Host: i\r\n\r\n", 400),
+        (f"GET / HTTP/1.1\r\n{_UPGRADE}X-Big: {'a' * 17_000}\r\n\r\n", 431),
+        ("NOT HTTP\r\n\r\n", 400),
+    ],
+    ids=["no-upgrade", "post", "version-8", "two-hosts", "head-too-large", "garbage"],
+)
+async def test_requests_that_are_not_upgrades_get_http_errors(
+    upstream: DemoUpstream, head: str, status: int
+) -> None:
+    """A request that is not a valid upgrade gets an HTTP error response, then the end."""
+    reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+    try:
+        writer.write(head.encode())
+        response = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    assert response.startswith(f"HTTP/1.1 {status} ".encode()), response[:80]
+    assert b"\r\nConnection: " in response
+    assert upstream.events == []
+
+
+async def test_close_answers_an_upgrade_in_progress_with_503(
+    upstream: DemoUpstream, raw: RawConnect
+) -> None:
+    """close() answers a connection whose upgrade request is incomplete with 503."""
+    reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n")
+        # Connections are accepted in order: once a later one is upgraded, the first is known.
+        later = await raw(upstream)
+        await raw_barrier(later)
+        closing = asyncio.ensure_future(upstream.close())
+        response = await asyncio.wait_for(reader.read(), TIMEOUT)
+        assert await later.recv_close(TIMEOUT) == (1001, "server shutting down")
+        later.send(later.close_frame(1001))
+        assert await read_to_end(later) == b""
+        later.close()
+    finally:
+        writer.close()
+    await asyncio.wait_for(closing, TIMEOUT)  # returns once both clients have closed their side
+    assert response.startswith(b"HTTP/1.1 503 ")
 
 
 # --------------------------------------------------------------------------------------------
