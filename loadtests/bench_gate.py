@@ -44,7 +44,7 @@ SUBDIVISIONS = {"US": ["US-CA", "US-NY", "US-TX"], "CN": ["CN-BJ", "CN-SH"], "DE
 
 def build_geoip(folder: Path, networks: int, rng: random.Random) -> tuple[Path, list[str]]:
     """A City database of random /24 networks; returns it and one address per network."""
-    rows = []
+    rows: list[CsvRow] = []
     addresses = []
     seen: set[int] = set()
     while len(rows) < networks:
@@ -68,6 +68,7 @@ def make_restrictions(count: int, meetings: list[str], rng: random.Random) -> Re
     items = []
     for i in range(count):
         roll = rng.random()
+        scope: tuple[str, ...]
         if i < 2:
             scope = ("*",)
             regions = frozenset({"KP"})

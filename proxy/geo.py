@@ -26,7 +26,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_pton
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import maxminddb
 
@@ -198,9 +198,14 @@ class TrustedNetworks:
         return table.get(False, value) is not None
 
 
-@dataclass(frozen=True, slots=True)
-class ClientAddress:
-    """The participant's address and where it came from.
+class _ClientAddressFields(NamedTuple):
+    address: Address
+    via: str
+    peer: str
+
+
+class ClientAddress(_ClientAddressFields):
+    """The participant's address and where it came from (immutable).
 
     Attributes:
         address: the client address, IPv4-mapped IPv6 normalised to IPv4, without zone id.
@@ -209,20 +214,21 @@ class ClientAddress:
 
     Raises:
         ValueError: ``via`` is not "peer" or a header name, or ``address`` is not an address.
+
+    A named tuple rather than a frozen dataclass: one is built on every join, and a frozen
+    dataclass costs about five times as much to build. :func:`client_address`, whose values are
+    valid by construction, builds it without the check.
     """
 
-    address: Address
-    via: str
-    peer: str
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        # Built on every join, almost always by client_address() from a parsed address: the
-        # check is one type test, the rest of validity comes from the parser.
-        if self.via not in _VIA or not isinstance(self.address, IPv4Address | IPv6Address):
+    def __new__(cls, address: Address, via: str, peer: str) -> ClientAddress:
+        if via not in _VIA or not isinstance(address, IPv4Address | IPv6Address):
             raise ValueError(
-                f"ClientAddress({self.address!r}, {self.via!r}): expected an address and one "
+                f"ClientAddress({address!r}, {via!r}): expected an address and one "
                 f"of {sorted(_VIA)}"
             )
+        return super().__new__(cls, address, via, peer)
 
 
 def _port_ok(text: str) -> bool:
@@ -410,7 +416,7 @@ def client_address(
     """
     client = parse_address(peer)
     if header is ForwardedHeader.NONE or not forwarded or not trusted.contains(client):
-        return ClientAddress(client, "peer", peer)
+        return tuple.__new__(ClientAddress, (client, "peer", peer))
     if header is ForwardedHeader.FORWARDED:
         entries = _forwarded_entries(forwarded)
     else:
@@ -424,7 +430,7 @@ def client_address(
         client, via = address, header.value
         if not trusted.contains(address):
             break
-    return ClientAddress(client, via, peer)
+    return tuple.__new__(ClientAddress, (client, via, peer))
 
 
 # --- GeoIP resolution -------------------------------------------------------------------------
@@ -705,7 +711,7 @@ class GeoResolver:
         self._order: deque[int] = deque()
         self._has_overrides = bool(self._overrides)
         self._locations: dict[tuple[str | None, str | None, bool], Location] = {}
-        self._results: dict[tuple[bool, int, int, str | None, str | None, bool], GeoResult] = {}
+        self._results: dict[tuple[bool, int, int, bool], GeoResult] = {}
         self._private = GeoResult(UNKNOWN, Resolution.PRIVATE, None)
         self._no_record = {
             False: GeoResult(UNKNOWN, Resolution.NO_RECORD, None),
@@ -801,34 +807,38 @@ class GeoResolver:
             if flagged is None:
                 return None
             anonymous = flagged
-        if not isinstance(record, dict):
+        # Every address of one database network has the same record: one result is shared per
+        # network, and a network seen before skips reading the record and building the result.
+        shift = (32 if v4 else 128) - prefix_len
+        key = (v4, prefix_len, value >> shift if shift >= 0 else value, anonymous)
+        result = self._results.get(key)
+        if result is None:
+            result = self._read_record(record, v4, value, prefix_len, anonymous)
+            if len(self._results) >= _SHARED_RESULTS:
+                self._results.clear()
+            self._results[key] = result
+        if result.how is Resolution.NO_RECORD:
             self.no_record += 1
+        return result
+
+    def _read_record(
+        self, record: object, v4: bool, value: int, prefix_len: int, anonymous: bool
+    ) -> GeoResult:
+        """The result for a database record (of the network ``value``/``prefix_len``)."""
+        if not isinstance(record, dict):
             return self._no_record[anonymous]
         country = _iso_code(record.get("country")) or _iso_code(record.get("registered_country"))
         subdivision = None
-        if country is None:
-            self.no_record += 1
-        else:
+        if country is not None:
             subdivisions = record.get("subdivisions")
             if isinstance(subdivisions, list) and subdivisions:
                 code = _iso_code(subdivisions[0])
                 if code is not None:
                     # MaxMind stores the part after the dash; accept a full code as well.
                     subdivision = code if code.startswith(f"{country}-") else f"{country}-{code}"
-        # Every address of one database network gets an equal result: share one object, and
-        # skip building the Location, the network text and the result for each address.
-        shift = (32 if v4 else 128) - prefix_len
-        network_id = value >> shift if shift >= 0 else value
-        key = (v4, prefix_len, network_id, country, subdivision, anonymous)
-        result = self._results.get(key)
-        if result is None:
-            location = self._location(country, subdivision, anonymous)
-            how = Resolution.NO_RECORD if country is None else Resolution.DATABASE
-            result = GeoResult(location, how, _network_text(v4, value, prefix_len))
-            if len(self._results) >= _SHARED_RESULTS:
-                self._results.clear()
-            self._results[key] = result
-        return result
+        location = self._location(country, subdivision, anonymous)
+        how = Resolution.NO_RECORD if country is None else Resolution.DATABASE
+        return GeoResult(location, how, _network_text(v4, value, prefix_len))
 
     def _anonymous_flag(self, database: _Database, address: Address, v4: bool) -> bool | None:
         if database.ipv4_only and not v4:

@@ -7,11 +7,16 @@ denies, dry-run matches are only reported.
 
 ``MatchReason`` is defined in ``proxy.policy.restrictions``, next to ``Restriction.bars`` which
 produces it, and exported from here as part of the decision's vocabulary.
+
+Both are named tuples, not frozen dataclasses: the gate builds one Decision per join (and a Match
+per matching restriction), and a frozen dataclass costs about five times as much to build. The
+public constructors check the invariants; the gate, whose values hold them by construction, builds
+them with ``tuple.__new__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.policy.regions import Location
 from proxy.policy.restrictions import Enforcement, MatchReason, Restriction
@@ -19,9 +24,8 @@ from proxy.policy.restrictions import Enforcement, MatchReason, Restriction
 __all__ = ["Decision", "Match", "MatchReason"]
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One restriction that bars a participant, and why.
+class Match(NamedTuple):
+    """One restriction that bars a participant, and why (immutable).
 
     Attributes:
         restriction: the restriction.
@@ -37,9 +41,16 @@ class Match:
         return self.restriction.enforcement is Enforcement.ENFORCE
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The gate's answer for one participant joining or rejoining one meeting.
+class _DecisionFields(NamedTuple):
+    meeting: str
+    location: Location
+    matches: tuple[Match, ...] = ()
+    denied_by: Restriction | None = None
+    version: int | str = 0
+
+
+class Decision(_DecisionFields):
+    """The gate's answer for one participant joining or rejoining one meeting (immutable).
 
     Attributes:
         meeting: the meeting id.
@@ -52,33 +63,22 @@ class Decision:
         ValueError: matches are not sorted by id, or ``denied_by`` is not the first enforced one.
     """
 
-    meeting: str
-    location: Location
-    matches: tuple[Match, ...] = ()
-    denied_by: Restriction | None = None
-    version: int | str = 0
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        matches = self.matches
+    def __new__(
+        cls,
+        meeting: str,
+        location: Location,
+        matches: tuple[Match, ...] = (),
+        denied_by: Restriction | None = None,
+        version: int | str = 0,
+    ) -> Decision:
         if not matches:
-            if self.denied_by is not None:
-                raise ValueError(f"denied_by: {self.denied_by.id!r} is not among the matches")
-            return
-        # A plain loop: this runs for every denial, on the join path.
-        previous = ""
-        first = None
-        for match in matches:
-            restriction = match.restriction
-            if restriction.id <= previous:
-                ids = [m.restriction.id for m in matches]
-                raise ValueError(f"matches: {ids!r} are not sorted by distinct restriction id")
-            previous = restriction.id
-            if first is None and restriction.enforcement is Enforcement.ENFORCE:
-                first = restriction
-        if self.denied_by is not first and self.denied_by != first:
-            given = None if self.denied_by is None else self.denied_by.id
-            expected = None if first is None else first.id
-            raise ValueError(f"denied_by: {given!r} is not the first enforced match ({expected!r})")
+            if denied_by is not None:
+                raise ValueError(f"denied_by: {denied_by.id!r} is not among the matches")
+        else:
+            _check(matches, denied_by)
+        return super().__new__(cls, meeting, location, matches, denied_by, version)
 
     @property
     def allowed(self) -> bool:
@@ -97,3 +97,21 @@ class Decision:
     def dry_run_matches(self) -> tuple[Match, ...]:
         """The dry-run matches: what would also be denied if they were enforced."""
         return tuple(m for m in self.matches if not m.enforced)
+
+
+def _check(matches: tuple[Match, ...], denied_by: Restriction | None) -> None:
+    """Raise ValueError unless ids are distinct and sorted and denied_by is the first enforced."""
+    previous = ""
+    first = None
+    for match in matches:
+        restriction = match.restriction
+        if restriction.id <= previous:
+            ids = [m.restriction.id for m in matches]
+            raise ValueError(f"matches: {ids!r} are not sorted by distinct restriction id")
+        previous = restriction.id
+        if first is None and restriction.enforcement is Enforcement.ENFORCE:
+            first = restriction
+    if denied_by is not first and denied_by != first:
+        given = None if denied_by is None else denied_by.id
+        expected = None if first is None else first.id
+        raise ValueError(f"denied_by: {given!r} is not the first enforced match ({expected!r})")

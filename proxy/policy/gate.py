@@ -58,6 +58,10 @@ ANONYMOUS_REGION = "?anonymous"
 
 _SPECIAL_REGIONS = frozenset({OUTSIDE_ALLOWED_REGION, UNKNOWN_REGION, ANONYMOUS_REGION})
 
+# Decisions and matches are built here valid by construction (sorted, first enforced denies):
+# skip their constructors' checks, which cost more than the rest of a decision without matches.
+_new = tuple.__new__
+
 
 def _network_key(network: Network) -> tuple[int, int, int]:
     return network.version, int(network.network_address), network.prefixlen
@@ -294,13 +298,13 @@ class RestrictionSet:
         if self._every is not None:
             found = _apply(self._every, found, location, address, now)
         if found is None:
-            return Decision(meeting, location, (), None, self._version)
+            return _new(Decision, (meeting, location, (), None, self._version))
         if len(found) == 1:
             matches = tuple(found.values())
         else:
             matches = tuple(found[key] for key in sorted(found))
         denied_by = next((m.restriction for m in matches if m.enforced), None)
-        return Decision(meeting, location, matches, denied_by, self._version)
+        return _new(Decision, (meeting, location, matches, denied_by, self._version))
 
     def scopes(self, meeting: str) -> bool:
         """Whether any restriction (in force or not, enforced or dry run) names this meeting.
@@ -463,7 +467,7 @@ def _collect(
             if found is None:
                 found = {}
             if r.id not in found:
-                found[r.id] = Match(r, reason)
+                found[r.id] = _new(Match, (r, reason))
     return found
 
 
