@@ -58,9 +58,10 @@ ANONYMOUS_REGION = "?anonymous"
 
 _SPECIAL_REGIONS = frozenset({OUTSIDE_ALLOWED_REGION, UNKNOWN_REGION, ANONYMOUS_REGION})
 
-# Decisions and matches are built here valid by construction (sorted, first enforced denies):
-# skip their constructors' checks, which cost more than the rest of a decision without matches.
+# Decisions are built here valid by construction (sorted, first enforced denies): skip their
+# constructor's checks, which cost more than the rest of a decision without matches.
 _new = tuple.__new__
+_ENFORCE = Enforcement.ENFORCE
 
 
 def _network_key(network: Network) -> tuple[int, int, int]:
@@ -134,12 +135,16 @@ class BarredPair:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Candidates:
-    """The restrictions that name one meeting, indexed for ``decide``. Never mutated."""
+    """The restrictions that name one meeting, indexed for ``decide``. Never mutated.
 
-    by_region: dict[str, tuple[Restriction, ...]]
-    allow: tuple[Restriction, ...]
-    unknown: tuple[Restriction, ...]
-    anonymous: tuple[Restriction, ...]
+    Each entry is the Match a restriction gives for that rule, built once here: a decision
+    shares them rather than building one per join.
+    """
+
+    by_region: dict[str, tuple[Match, ...]]
+    allow: tuple[Match, ...]
+    unknown: tuple[Match, ...]
+    anonymous: tuple[Match, ...]
 
 
 _NO_CANDIDATES = _Candidates({}, (), (), ())
@@ -280,7 +285,7 @@ class RestrictionSet:
             A Decision listing every restriction in force that bars the participant, sorted by
             id; ``denied_by`` is the first enforced one, None to admit.
         """
-        found: dict[str, Match] | None = None
+        found: list[Match] | None = None
         table = self._exact.get(meeting)
         if table is not None:
             found = _apply(table, found, location, address, now)
@@ -300,10 +305,18 @@ class RestrictionSet:
         if found is None:
             return _new(Decision, (meeting, location, (), None, self._version))
         if len(found) == 1:
-            matches = tuple(found.values())
+            matches: tuple[Match, ...] = (found[0],)
         else:
-            matches = tuple(found[key] for key in sorted(found))
-        denied_by = next((m.restriction for m in matches if m.enforced), None)
+            # A restriction can match more than once (named through several patterns, or
+            # barring a location by region and as anonymous): its first match counts, so the
+            # reasons keep their order (see proxy.policy.decision).
+            by_id = {m.restriction.id: m for m in reversed(found)}
+            matches = tuple(by_id[key] for key in sorted(by_id))
+        denied_by = None
+        for m in matches:
+            if m.restriction.enforcement is _ENFORCE:
+                denied_by = m.restriction
+                break
         return _new(Decision, (meeting, location, matches, denied_by, self._version))
 
     def scopes(self, meeting: str) -> bool:
@@ -420,11 +433,11 @@ class RestrictionSet:
 
 def _apply(
     table: _Candidates,
-    found: dict[str, Match] | None,
+    found: list[Match] | None,
     location: Location,
     address: Address | None,
     now: float,
-) -> dict[str, Match] | None:
+) -> list[Match] | None:
     """Add the matches of one candidate table (the restrictions naming one pattern)."""
     country = location.country
     if country is not None:
@@ -433,62 +446,58 @@ def _apply(
         if by_region:
             hits = by_region.get(country)
             if hits is not None:
-                found = _collect(found, hits, MatchReason.REGION, address, now)
+                found = _collect(found, hits, address, now)
             if subdivision is not None:
                 hits = by_region.get(subdivision)
                 if hits is not None:
-                    found = _collect(found, hits, MatchReason.REGION, address, now)
-        if table.allow:
-            outside = tuple(
-                r
-                for r in table.allow
-                if country not in r.regions
-                and (subdivision is None or subdivision not in r.regions)
-            )
-            if outside:
-                found = _collect(found, outside, MatchReason.OUTSIDE_ALLOWED, address, now)
+                    found = _collect(found, hits, address, now)
+        for match in table.allow:
+            regions = match.restriction.regions
+            if country not in regions and (subdivision is None or subdivision not in regions):
+                found = _collect(found, (match,), address, now)
     elif table.unknown:
-        found = _collect(found, table.unknown, MatchReason.UNKNOWN, address, now)
+        found = _collect(found, table.unknown, address, now)
     if location.anonymous and table.anonymous:
-        found = _collect(found, table.anonymous, MatchReason.ANONYMOUS, address, now)
+        found = _collect(found, table.anonymous, address, now)
     return found
 
 
 def _collect(
-    found: dict[str, Match] | None,
-    candidates: tuple[Restriction, ...],
-    reason: MatchReason,
+    found: list[Match] | None,
+    candidates: tuple[Match, ...],
     address: Address | None,
     now: float,
-) -> dict[str, Match] | None:
-    """Add the candidates in force whose exempt list spares not ``address``; first reason wins."""
-    for r in candidates:
+) -> list[Match] | None:
+    """Add the candidates in force whose exempt list spares not ``address``."""
+    for match in candidates:
+        r = match.restriction
         if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
             if found is None:
-                found = {}
-            if r.id not in found:
-                found[r.id] = _new(Match, (r, reason))
+                found = [match]
+            else:
+                found.append(match)
     return found
 
 
 def _compile(named: Iterable[Restriction]) -> _Candidates:
-    """Index the restrictions that name one meeting."""
-    by_region: dict[str, list[Restriction]] = {}
-    allow: list[Restriction] = []
-    unknown: list[Restriction] = []
-    anonymous: list[Restriction] = []
+    """Index the restrictions that name one meeting, with the Match each rule gives."""
+    by_region: dict[str, list[Match]] = {}
+    allow: list[Match] = []
+    unknown: list[Match] = []
+    anonymous: list[Match] = []
     for r in named:
         if r.mode is Mode.BLOCK:
+            region_match = Match(r, MatchReason.REGION)
             for region in r.regions:
-                by_region.setdefault(region, []).append(r)
+                by_region.setdefault(region, []).append(region_match)
         else:
-            allow.append(r)
+            allow.append(Match(r, MatchReason.OUTSIDE_ALLOWED))
         if r.unknown is Treatment.DENY:
-            unknown.append(r)
+            unknown.append(Match(r, MatchReason.UNKNOWN))
         if r.anonymous is Treatment.DENY:
-            anonymous.append(r)
+            anonymous.append(Match(r, MatchReason.ANONYMOUS))
     return _Candidates(
-        {region: tuple(rs) for region, rs in by_region.items()},
+        {region: tuple(ms) for region, ms in by_region.items()},
         tuple(allow),
         tuple(unknown),
         tuple(anonymous),
