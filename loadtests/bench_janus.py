@@ -65,49 +65,33 @@ import asyncio
 import contextlib
 import enum
 import os
-import platform
-import resource
 import secrets
-import shutil
 import statistics
 import string
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, ClassVar, Final
 
 import orjson
 
-from loadtests import bench_relay as relay
 from loadtests.bench_relay import (
+    Benchmark,
     BenchmarkError,
     Child,
+    CommonOptions,
     Environment,
     JoinResult,
-    MemoryResult,
     Opener,
-    ProcessGroup,
-    Result,
-    RttResult,
     Running,
     Section,
     SectionResults,
     Target,
     free_port,
-    join_storm,
-    one_line,
-    raise_nofile_limit,
-    render_report,
-    source_addresses,
-    sources_digest,
-    verdicts,
 )
-from loadtests.nginx import NginxSettings, check_config, find_nginx, nginx_command, nginx_version
 from loadtests.wsclient import (
     Endpoint,
     LoadError,
@@ -117,12 +101,12 @@ from loadtests.wsclient import (
     encode_client_frame,
 )
 from proxy.adapters.janus import JANUS_SUBPROTOCOL, VIDEOROOM
-from proxy.errors import GeogateError
 
 __all__ = [
     "JANUS_BINARY",
     "ROOMS",
     "STORM_ROOM_BASE",
+    "JanusBenchmark",
     "JanusEnvironment",
     "JanusJoinResult",
     "JanusJson",
@@ -137,13 +121,8 @@ __all__ = [
     "janus_request",
     "janus_version",
     "main",
-    "measure_joins",
-    "measure_memory",
-    "measure_rtt",
-    "open_group",
     "open_janus_participant",
     "parse_args",
-    "run_benchmark",
     "storm_rooms",
     "videoroom_config",
     "write_janus_config",
@@ -480,157 +459,6 @@ class JanusJoinResult(JoinResult):
         return {**JoinResult.figures(self), "events_per_join": events}
 
 
-async def open_group(
-    endpoint: Endpoint,
-    count: int,
-    *,
-    tag: str,
-    sources: Sequence[str],
-    concurrency: int = 200,
-    timeout: float = 120.0,
-    connect_timeout: float = 10.0,
-) -> tuple[list[Participant], list[str]]:
-    """Open ``count`` participants joined to the rooms in turn, and leave them idle.
-
-    Args:
-        endpoint: where to connect.
-        count: how many participants.
-        tag: makes display names unique to this group.
-        sources: local addresses to spread the connections over.
-        concurrency: connection attempts at a time.
-        timeout: seconds for the whole group.
-        connect_timeout: seconds for one participant.
-
-    Returns:
-        The ready participants (:class:`JanusParticipant`) and a description of each failure.
-
-    Raises:
-        BenchmarkError: the group did not finish within ``timeout``.
-    """
-    return await relay.open_group(
-        endpoint, count, tag=tag, sources=sources, concurrency=concurrency, timeout=timeout,
-        connect_timeout=connect_timeout, opener=janus_opener(endpoint),
-    )  # fmt: skip
-
-
-async def measure_rtt(
-    endpoint: Endpoint,
-    *,
-    proxy: ProcessGroup | None,
-    upstream: ProcessGroup | None,
-    connections: int,
-    duration: float,
-    warmup: float,
-    sources: Sequence[str],
-    concurrency: int = 200,
-    timeout: float = 120.0,
-) -> RttResult:
-    """Measure closed-loop keepalive round trips over ``connections`` joined participants.
-
-    :func:`loadtests.bench_relay.measure_rtt` with Janus participants, dropped afterwards
-    (:func:`drop_all`).
-
-    Args:
-        endpoint: the proxy (or Janus itself).
-        proxy: the proxy's processes (None: direct).
-        upstream: Janus' process (None: not sampled).
-        connections: participants sending keepalives at once.
-        duration: seconds of measured load.
-        warmup: seconds of load before the measurement (not counted).
-        sources: local addresses.
-        concurrency: connection attempts at a time while opening.
-        timeout: seconds for opening the participants, and for draining the load.
-
-    Returns:
-        The figures of the measured phase; ``errors`` counts messages other than the ``ack``
-        that arrived during it.
-
-    Raises:
-        BenchmarkError: a participant could not join, or the load did not drain.
-    """
-    return await relay.measure_rtt(
-        endpoint, proxy=proxy, upstream=upstream, connections=connections, duration=duration,
-        warmup=warmup, sources=sources, concurrency=concurrency, timeout=timeout,
-        opener=janus_opener(endpoint), release=drop_all,
-    )  # fmt: skip
-
-
-async def measure_joins(
-    endpoint: Endpoint,
-    *,
-    proxy: ProcessGroup | None,
-    upstream: ProcessGroup | None,
-    joins: int,
-    concurrency: int,
-    sources: Sequence[str],
-    rooms: Sequence[int] = ROOMS,
-    warmup: int | None = None,
-    timeout: float = 120.0,
-) -> JanusJoinResult:
-    """Measure a join storm: connect, upgrade, create, attach, join, one keepalive, close.
-
-    Args:
-        endpoint: the proxy (or Janus itself).
-        proxy: the proxy's processes (None: direct).
-        upstream: Janus' process (None: not sampled).
-        joins: joins measured.
-        concurrency: joins in progress at a time.
-        sources: local addresses.
-        rooms: join i goes to ``rooms[i % len(rooms)]`` (they must exist in Janus).
-        warmup: joins made first and not counted (default: ``concurrency``, at most ``joins``).
-        timeout: seconds for the warm-up and for the measured storm, each.
-
-    Returns:
-        The figures; the proxy's CPU includes closing the connections and relaying the room
-        events that leaving participants cause, if any (:class:`JanusJoinResult`).
-
-    Raises:
-        BenchmarkError: the storm did not finish within ``timeout``.
-    """
-    result, events = await join_storm(
-        janus_opener(endpoint, rooms), proxy=proxy, upstream=upstream, joins=joins,
-        concurrency=concurrency, sources=sources, warmup=warmup, timeout=timeout,
-    )  # fmt: skip
-    return JanusJoinResult(**asdict(result), events=events)
-
-
-async def measure_memory(
-    endpoint: Endpoint,
-    *,
-    proxy: ProcessGroup | None,
-    upstream: ProcessGroup,
-    participants: int,
-    concurrency: int,
-    sources: Sequence[str],
-    timeout: float = 120.0,
-) -> MemoryResult:
-    """Measure the memory that idle joined participants cost the proxy (and Janus).
-
-    :func:`loadtests.bench_relay.measure_memory` with Janus participants, dropped afterwards
-    (:func:`drop_all`).
-
-    Args:
-        endpoint: the proxy (or Janus itself).
-        proxy: the proxy's processes (None: direct).
-        upstream: Janus' process.
-        participants: idle participants to hold.
-        concurrency: connection attempts at a time.
-        sources: local addresses.
-        timeout: seconds for opening them all.
-
-    Returns:
-        RSS before and with the participants connected and joined.
-
-    Raises:
-        BenchmarkError: opening did not finish within ``timeout``.
-    """
-    return await relay.measure_memory(
-        endpoint, proxy=proxy, upstream=upstream, participants=participants,
-        concurrency=concurrency, sources=sources, timeout=timeout,
-        opener=janus_opener(endpoint), release=drop_all,
-    )  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------
 # Janus
 
@@ -785,58 +613,25 @@ class JanusEnvironment(Environment):
             out.write('[protocol]\nadapter = "janus"\n')
         return path
 
+    def upstream(self, folder: Path) -> tuple[Child, int]:
+        """Janus with the benchmark's configuration (:func:`write_janus_config`), not started."""
+        port = free_port()
+        log = folder / "janus.log"
+        config = write_janus_config(
+            folder / "janus", port=port, log_file=log, json_format=self.json_format,
+            rooms=self.rooms, publishers=self.publishers,
+        )  # fmt: skip
+        # Janus appends its log to the file that also takes its standard output. Its state is
+        # disposable, and it may still be telling rooms about leaves when stopped: no long wait.
+        return Child("janus", janus_command(self.janus, config), log=log, cpu=self.load_cpu,
+                     stop_timeout=_JANUS_STOP), port  # fmt: skip
+
     @contextlib.asynccontextmanager
     async def running(self, target: Target) -> AsyncIterator[Running]:
-        """Start a fresh Janus and, for a proxy target, the proxy in front of it."""
-        folder = self._folder(str(target))
-        children: list[Child] = []
-        try:
-            janus_port = free_port()
-            log = folder / "janus.log"
-            config = write_janus_config(
-                folder / "janus", port=janus_port, log_file=log, json_format=self.json_format,
-                rooms=self.rooms, publishers=self.publishers,
-            )  # fmt: skip
-            # Janus appends its log to the file that also takes its standard output.
-            janus = Child("janus", janus_command(self.janus, config), log=log, cpu=self.load_cpu)
-            children.append(janus)
-            janus.start()
-            await janus.wait_listening("127.0.0.1", janus_port)
-            upstream = ProcessGroup(janus.pid)
-            if target is Target.DIRECT:
-                yield Running(target, Endpoint("127.0.0.1", janus_port), None, upstream)
-                return
-            port = free_port()
-            if target is Target.GEOGATE:
-                proxy = Child(
-                    "geogate",
-                    [self.python, "-m", "proxy", "serve", "--config",
-                     str(self.geogate_config(folder, port, janus_port)), "--log-level", "INFO"],
-                    log=folder / "geogate.log", cpu=self.proxy_cpu,
-                )  # fmt: skip
-                with_children = False
-            else:
-                assert self.nginx is not None
-                settings = NginxSettings(
-                    prefix=folder / "nginx", listen_port=port, upstream_host="127.0.0.1",
-                    upstream_port=janus_port,
-                    rlimit_nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                )  # fmt: skip
-                check_config(self.nginx, settings)
-                proxy = Child("nginx", nginx_command(self.nginx, settings),
-                              log=folder / "nginx.log", cpu=self.proxy_cpu)  # fmt: skip
-                with_children = True
-            children.append(proxy)
-            proxy.start()
-            await proxy.wait_listening("127.0.0.1", port)
-            group = ProcessGroup(proxy.pid, children=with_children)
-            self.affinity[str(target)] = group.affinity()
-            self.affinity["janus"] = upstream.affinity()
-            yield Running(target, Endpoint("127.0.0.1", port), group, upstream)
-        finally:
-            for child in reversed(children):
-                # Janus' state is disposable; it may still be telling rooms about leaves.
-                await child.stop(_JANUS_STOP if child.name == "janus" else 10.0)
+        """The relay benchmark's targets in front of Janus; Janus' CPUs are recorded too."""
+        async with super().running(target) as run:
+            self.affinity["janus"] = run.upstream.affinity()
+            yield run
 
 
 # --------------------------------------------------------------------------------------------
@@ -844,52 +639,18 @@ class JanusEnvironment(Environment):
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
-    """What to run (the command line, validated).
+class Options(CommonOptions):
+    """What to run: the common options (validated alike), Janus and its rooms."""
 
-    Raises:
-        ValueError: a count, size or duration out of range.
-    """
+    QUICK: ClassVar[Mapping[str, Any]] = {
+        "rounds": 1, "sizes": (10, 50), "duration": 0.25, "warmup": 0.1, "joins": 30,
+        "join_concurrency": 10, "idle": 40,
+    }
 
-    rounds: int = 3
-    sizes: tuple[int, ...] = (100, 1000)
-    duration: float = 5.0
-    warmup: float = 1.0
-    joins: int = 2000
-    join_concurrency: int = 200
     idle: int = 2000
-    sources: int = 200
     janus: Path = JANUS_BINARY
     janus_json: JanusJson = JanusJson.INDENTED
     join_rooms: JoinRooms = JoinRooms.OWN
-    skip_nginx: bool = False
-    only: Section | None = None
-    quick: bool = False
-    pin: bool = True
-    proxy_cpu: int = 0
-    load_cpu: int = 1
-    timeout: float = 180.0
-    json_path: Path | None = None
-    keep: bool = False
-
-    def __post_init__(self) -> None:
-        positive = ("rounds", "joins", "join_concurrency", "idle", "duration", "timeout")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        if self.warmup < 0:
-            raise ValueError("--warmup must not be negative")
-        if not self.sizes or any(size <= 0 for size in self.sizes):
-            raise ValueError("--sizes must be positive connection counts")
-        if not 1 <= self.sources <= 254:
-            raise ValueError("--sources must be 1-254")
-        if self.proxy_cpu == self.load_cpu:
-            raise ValueError("--proxy-cpu and --load-cpu must differ")
-
-    @property
-    def sections(self) -> tuple[Section, ...]:
-        """The sections to run, in order."""
-        return (self.only,) if self.only is not None else tuple(Section)
 
     @property
     def storm_rooms(self) -> tuple[int, ...]:
@@ -912,74 +673,34 @@ class Options:
         return -(-most // len(ROOMS))
 
 
-def _quick(options: Options) -> Options:
-    """Tiny sizes: checks that the whole benchmark works, in about 10 seconds."""
-    values = asdict(options)
-    values.update(rounds=1, sizes=(10, 50), duration=0.25, warmup=0.1, joins=30,
-                  join_concurrency=10, idle=40, quick=True)  # fmt: skip
-    return Options(**values)
+    @classmethod
+    def add_own_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--janus``, ``--janus-json`` and ``--join-rooms``."""
+        parser.add_argument("--janus", type=Path, default=JANUS_BINARY,
+                            help=f"the Janus binary (default {JANUS_BINARY})")
+        parser.add_argument("--janus-json", choices=[j.value for j in JanusJson],
+                            default=JanusJson.INDENTED.value,
+                            help="Janus' JSON layout (default indented, Janus' own default)")
+        parser.add_argument("--join-rooms", choices=[r.value for r in JoinRooms],
+                            default=JoinRooms.OWN.value,
+                            help="the join storm's rooms: own (one per join slot, default) or "
+                                 "shared (1234, 5678, 9999: every leave is told to the room)")
+
+    @classmethod
+    def own_values(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The Janus binary, its JSON layout and the join storm's rooms."""
+        return {"janus": args.janus, "janus_json": JanusJson(args.janus_json),
+                "join_rooms": JoinRooms(args.join_rooms)}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse the command line into :class:`Options` (``--quick`` applied)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtests.bench_janus",
+    return Options.parse(
+        argv, prog="python -m loadtests.bench_janus",
         description="Relay benchmark through the Janus adapter: direct, geogate and nginx, "
                     "interleaved, in front of a real Janus.",
+        upstream="Janus",
     )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--sizes", default="100,1000",
-                        help="connection counts for the round-trip section (default 100,1000)")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds of measured load per round-trip run (default 5)")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="seconds of unmeasured load before each round-trip run (default 1)")
-    parser.add_argument("--joins", type=int, default=2000, help="joins per join run (default 2000)")
-    parser.add_argument("--join-concurrency", type=int, default=200,
-                        help="joins in progress at a time (default 200)")
-    parser.add_argument("--idle", type=int, default=2000,
-                        help="idle participants for the memory section (default 2000)")
-    parser.add_argument("--sources", type=int, default=200,
-                        help="source addresses 127.0.3.1-N to spread connections over")
-    parser.add_argument("--janus", type=Path, default=JANUS_BINARY,
-                        help=f"the Janus binary (default {JANUS_BINARY})")
-    parser.add_argument("--janus-json", choices=[j.value for j in JanusJson],
-                        default=JanusJson.INDENTED.value,
-                        help="Janus' JSON layout (default indented, Janus' own default)")
-    parser.add_argument("--join-rooms", choices=[r.value for r in JoinRooms],
-                        default=JoinRooms.OWN.value,
-                        help="the join storm's rooms: own (one per join slot, default) or shared "
-                             "(1234, 5678, 9999: every leave is told to the room)")
-    parser.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
-    parser.add_argument("--only", choices=[s.value for s in Section],
-                        help="run one section only")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes, one round: check that the benchmark works")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
-    parser.add_argument("--load-cpu", type=int, default=1,
-                        help="CPU for the load generator and Janus (default 1)")
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds any one phase may take (default 180)")
-    parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE",
-                        help="also write every figure to FILE")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary folder (configs and server logs)")
-    args = parser.parse_args(argv)
-    try:
-        sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
-        options = Options(
-            rounds=args.rounds, sizes=sizes, duration=args.duration, warmup=args.warmup,
-            joins=args.joins, join_concurrency=args.join_concurrency, idle=args.idle,
-            sources=args.sources, janus=args.janus, janus_json=JanusJson(args.janus_json),
-            join_rooms=JoinRooms(args.join_rooms),
-            skip_nginx=args.skip_nginx, only=Section(args.only) if args.only else None,
-            pin=not args.no_pin, proxy_cpu=args.proxy_cpu, load_cpu=args.load_cpu,
-            timeout=args.timeout, json_path=args.json_path, keep=args.keep,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    return _quick(options) if args.quick else options
 
 
 # --------------------------------------------------------------------------------------------
@@ -1009,176 +730,78 @@ def events_note(sections: Sequence[SectionResults], targets: Sequence[Target]) -
     return ""
 
 
-def _section_plan(options: Options) -> Iterator[tuple[str, Section, str, int]]:
-    for section in options.sections:
+class JanusBenchmark(Benchmark[Options]):
+    """The relay benchmark in front of Janus (module docstring)."""
+
+    name = "bench_janus"
+    title = "geogate Janus relay benchmark"
+    upstream = "Janus"
+
+    def missing(self) -> str | None:
+        """The Janus binary, when it is not there."""
+        janus = self.options.janus
+        return None if janus.is_file() else f"{janus} not found (apt-get install janus)"
+
+    def environment(self, folder: Path, nginx: str | None, proxy_cpu: int | None,
+                    load_cpu: int | None) -> JanusEnvironment:
+        """Janus' environment, with every room the run needs."""
+        options = self.options
+        return JanusEnvironment(
+            folder, nginx, proxy_cpu, load_cpu, janus=options.janus,
+            json_format=options.janus_json, rooms=options.janus_rooms,
+            publishers=options.largest_room,
+        )  # fmt: skip
+
+    def section_title(self, section: Section, size: int) -> str:
+        """Keepalive round trips, Janus' join sequence, idle joined participants."""
+        options = self.options
         if section is Section.RTT:
-            for size in options.sizes:
-                yield (f"rtt-{size}", section,
-                       f"Round trips, {size:,} connections, Janus keepalive and ack", size)
-        elif section is Section.JOINS:
+            return f"Round trips, {size:,} connections, Janus keepalive and ack"
+        if section is Section.JOINS:
             where = "a room per join slot" if options.join_rooms is JoinRooms.OWN else \
                 "rooms 1234, 5678, 9999"
-            yield ("joins", section, f"Joins (create, attach, VideoRoom join, one round trip), "
-                   f"{options.joins:,} at concurrency {options.join_concurrency}, {where}",
-                   options.joins)
-        else:
-            yield ("memory", section, f"Memory, {options.idle:,} idle joined participants",
-                   options.idle)
+            return (f"Joins (create, attach, VideoRoom join, one round trip), {size:,} at "
+                    f"concurrency {options.join_concurrency}, {where}")
+        return f"Memory, {size:,} idle joined participants"
 
+    def opener(self, endpoint: Endpoint, section: Section) -> Opener:
+        """VideoRoom participants: the join storm in its rooms, the others in :data:`ROOMS`."""
+        return janus_opener(endpoint, self.options.storm_rooms if section is Section.JOINS
+                            else ROOMS)  # fmt: skip
 
-async def _measure(run: Running, section: Section, options: Options, size: int,
-                   sources: Sequence[str]) -> Result:
-    if section is Section.RTT:
-        return await measure_rtt(
-            run.endpoint, proxy=run.proxy, upstream=run.upstream, connections=size,
-            duration=options.duration, warmup=options.warmup, sources=sources,
-            concurrency=options.join_concurrency, timeout=options.timeout,
-        )
-    if section is Section.JOINS:
-        return await measure_joins(
-            run.endpoint, proxy=run.proxy, upstream=run.upstream, joins=options.joins,
-            concurrency=options.join_concurrency, sources=sources, rooms=options.storm_rooms,
-            timeout=options.timeout,
-        )
-    return await measure_memory(
-        run.endpoint, proxy=run.proxy, upstream=run.upstream, participants=options.idle,
-        concurrency=options.join_concurrency, sources=sources, timeout=options.timeout,
-    )
+    async def release(self, participants: Sequence[Participant]) -> None:
+        """Drop the participants without a closing handshake (:func:`drop_all`)."""
+        await drop_all(participants)
 
+    def join_result(self, result: JoinResult, unexpected: int) -> JanusJoinResult:
+        """The storm's figures with the room events (the messages nobody awaited)."""
+        return JanusJoinResult(**asdict(result), events=unexpected)
 
-async def run_benchmark(options: Options, env: JanusEnvironment,
-                        out: TextIO) -> list[SectionResults]:
-    """Run every section, targets interleaved within each round.
+    def settings(self) -> str:
+        """Janus' JSON layout."""
+        return f" janus_json={self.options.janus_json}"
 
-    Args:
-        options: what to run.
-        env: processes, binaries and CPUs.
-        out: where progress lines go.
+    def notes(self, results: Sequence[SectionResults], targets: Sequence[Target]) -> list[str]:
+        """The room events per join (:func:`events_note`)."""
+        note = events_note(results, targets)
+        return [note] if note else []
 
-    Returns:
-        The results by section, in order.
+    def about(self) -> str:
+        """Janus' version and JSON layout; what direct and upstream mean here."""
+        return (f"Janus {janus_version(self.options.janus)}, {self.options.janus_json} JSON; "
+                "direct = straight to Janus; upstream = Janus; ")
 
-    Raises:
-        BenchmarkError: a server failed or a phase did not complete.
-    """
-    targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if env.nginx else [])
-    sources = source_addresses(options.sources)
-    all_results: list[SectionResults] = []
-    for key, section, title, size in _section_plan(options):
-        results = SectionResults(key, section, title, size)
-        all_results.append(results)
-        for round_number in range(1, options.rounds + 1):
-            for target in targets:
-                async with env.running(target) as run:
-                    result = await _measure(run, section, options, size, sources)
-                results.add(target, result)
-                print(f"[{key} round {round_number}/{options.rounds}] "
-                      f"{one_line(target, result)}", file=out, flush=True)
-    return all_results
+    def environment_info(self) -> dict[str, Any]:
+        """Janus' version and JSON layout, the orjson version."""
+        from importlib.metadata import version
 
-
-def _environment(env: JanusEnvironment, options: Options, nofile: int,
-                 digest: str) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5,
-                                check=False).stdout.strip()  # fmt: skip
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": commit,
-        "proxy_sources_sha256": digest,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "janus": janus_version(env.janus),
-        "janus_json": str(env.json_format),
-        "nginx": nginx_version(env.nginx) if env.nginx else None,
-        "orjson": version("orjson"),
-        "pinning": {"proxy": env.proxy_cpu, "load_and_janus": env.load_cpu},
-        "affinity_seen": env.affinity,
-        "nofile_limit": nofile,
-    }
+        return {"janus": janus_version(self.options.janus),
+                "janus_json": str(self.options.janus_json), "orjson": version("orjson")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit code (0, or 1 on failure)."""
-    options = parse_args(argv)
-    out = sys.stdout
-    err = sys.stderr
-    if not options.janus.is_file():
-        print(f"bench_janus: {options.janus} not found (apt-get install janus)", file=err)
-        return 1
-    nofile = raise_nofile_limit()
-    nginx = None if options.skip_nginx else find_nginx()
-    if nginx is None:
-        why = "--skip-nginx given" if options.skip_nginx else \
-            "nginx is not installed (run `make bench-deps`)"
-        banner = "!" * 78
-        print(f"{banner}\n!!! NGINX SKIPPED: {why}.\n!!! No geogate/nginx ratios and no "
-              f"verdicts on the CPU targets in this run.\n{banner}", file=err, flush=True)
-    own = os.sched_getaffinity(0)
-    pin = options.pin and len(own) >= 2 and {options.proxy_cpu, options.load_cpu} <= own
-    if options.pin and not pin:
-        print(f"warning: cannot pin to CPUs {options.proxy_cpu} and {options.load_cpu}; "
-              "running unpinned", file=err, flush=True)
-    folder = Path(tempfile.mkdtemp(prefix="geogate-bench-janus-"))
-    started = time.monotonic()
-    digest = sources_digest()
-    try:
-        env = JanusEnvironment(
-            folder, nginx, options.proxy_cpu if pin else None, options.load_cpu if pin else None,
-            janus=options.janus, json_format=options.janus_json, rooms=options.janus_rooms,
-            publishers=options.largest_room,
-        )  # fmt: skip
-        if pin:
-            os.sched_setaffinity(0, {options.load_cpu})
-        print(f"geogate Janus relay benchmark: rounds={options.rounds} sizes={options.sizes} "
-              f"duration={options.duration}s joins={options.joins}@{options.join_concurrency} "
-              f"idle={options.idle} janus_json={options.janus_json}"
-              f"{' (quick)' if options.quick else ''}; open-file limit {nofile}; proxy on CPU "
-              f"{env.proxy_cpu}, load and Janus on CPU {env.load_cpu}; logs in {folder}",
-              file=err, flush=True)  # fmt: skip
-        from proxy.service import loop_factory
-
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            results = runner.run(run_benchmark(options, env, err))
-        targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if nginx else [])
-        print(render_report(results, targets), file=out)
-        note = events_note(results, targets)
-        if note:
-            print(f"\n{note}", file=out)
-        changed = ", changed during the run" if sources_digest() != digest else ""
-        print(f"\n(total {time.monotonic() - started:.0f} s; Janus {janus_version(options.janus)}"
-              f", {options.janus_json} JSON; direct = straight to Janus; upstream = Janus; CPU is "
-              "the proxy's own utime+stime; ratio = median of per-round geogate/nginx; geogate "
-              f"sources {digest}{changed})", file=out, flush=True)  # fmt: skip
-        if options.json_path is not None:
-            report = {
-                "environment": _environment(env, options, nofile, digest),
-                "options": {k: (str(v) if isinstance(v, Path | enum.Enum) else v)
-                            for k, v in asdict(options).items()},
-                "sections": {r.key: r.to_json() for r in results},
-                "verdicts": [asdict(v) for v in verdicts(results)],
-            }
-            options.json_path.write_bytes(
-                orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-            )
-            print(f"figures written to {options.json_path}", file=out)
-    except (GeogateError, OSError) as exc:
-        print(f"bench_janus: {exc}\n(server logs kept in {folder})", file=err)
-        return 1
-    except KeyboardInterrupt:
-        print(f"bench_janus: interrupted (server logs kept in {folder})", file=err)
-        return 130
-    finally:
-        if pin:
-            os.sched_setaffinity(0, own)
-    if not options.keep:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 0
+    return JanusBenchmark(parse_args(argv)).main()
 
 
 if __name__ == "__main__":

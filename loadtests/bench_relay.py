@@ -28,12 +28,19 @@ How it is measured (see /work/shared/PERF-NOTES.md for why):
   participants spread over source addresses 127.0.3.1-127.0.3.N (placed in the US by the demo
   GeoIP database, so admitted by the default restrictions) to keep clear of ephemeral-port limits.
 
+The machinery is shared with :mod:`loadtests.bench_janus` (the same benchmark in front of Janus):
+processes and their accounting (:class:`Child`, :class:`ProcessGroup`, :class:`Environment`),
+the measurements (given an :class:`Opener`), the options common to both (:class:`CommonOptions`),
+the interleaved run, tables and verdicts (:class:`Benchmark`); a benchmark brings its upstream
+server, how a participant joins it, and its section titles (:class:`RelayBenchmark` here).
+
 Run ``python -m loadtests.bench_relay`` (``make bench-relay``; nginx from ``make bench-deps``);
 ``--quick`` checks that everything works in well under a minute.
 """
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -52,11 +59,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TextIO, TypeVar
 
 import orjson
 
@@ -79,19 +86,27 @@ from loadtests.wsclient import (
 from proxy.errors import GeogateError
 
 __all__ = [
+    "Benchmark",
     "BenchmarkError",
     "Child",
+    "CommonOptions",
+    "Environment",
     "JoinResult",
     "MemoryResult",
     "Opener",
     "Options",
     "ProcessGroup",
+    "RelayBenchmark",
     "Release",
+    "Result",
     "RttResult",
+    "Running",
     "Section",
+    "SectionResults",
     "Target",
     "Verdict",
     "demo_opener",
+    "free_port",
     "join_storm",
     "main",
     "measure_joins",
@@ -103,7 +118,6 @@ __all__ = [
     "percentile",
     "raise_nofile_limit",
     "render_report",
-    "run_benchmark",
     "source_addresses",
     "sources_digest",
     "verdicts",
@@ -891,13 +905,16 @@ class Child:
         argv: the command line.
         log: the file its standard output and error go to.
         cpu: the CPU it (and every process it forks) may run on; None leaves it unpinned.
+        stop_timeout: seconds :meth:`stop` gives it between SIGTERM and SIGKILL.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], *, log: Path, cpu: int | None) -> None:
+    def __init__(self, name: str, argv: Sequence[str], *, log: Path, cpu: int | None,
+                 stop_timeout: float = 10.0) -> None:
         self.name = name
         self.argv = list(argv)
         self.log = log
         self.cpu = cpu
+        self.stop_timeout = stop_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -958,13 +975,13 @@ class Child:
                 await writer.wait_closed()
             return
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout`` seconds."""
         process = self.process
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.stop_timeout
         while process.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if process.poll() is None:
@@ -1033,19 +1050,30 @@ class Environment:
         )
         return path
 
+    def upstream(self, folder: Path) -> tuple[Child, int]:
+        """The signaling server the load goes to (here the demo meeting server), not started.
+
+        Args:
+            folder: the measurement's own folder (configuration, logs).
+
+        Returns:
+            The server and the port it will listen on at 127.0.0.1.
+        """
+        port = free_port()
+        return Child(
+            "demo upstream",
+            [self.python, "-m", "proxy", "demo-upstream", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "WARNING"],
+            log=folder / "upstream.log", cpu=self.load_cpu,
+        ), port
+
     @contextlib.asynccontextmanager
     async def running(self, target: Target) -> AsyncIterator[Running]:
-        """Start a fresh demo meeting server and, for a proxy target, the proxy in front of it."""
+        """Start a fresh upstream server and, for a proxy target, the proxy in front of it."""
         folder = self._folder(str(target))
         children: list[Child] = []
         try:
-            upstream_port = free_port()
-            upstream = Child(
-                "demo upstream",
-                [self.python, "-m", "proxy", "demo-upstream", "--host", "127.0.0.1",
-                 "--port", str(upstream_port), "--log-level", "WARNING"],
-                log=folder / "upstream.log", cpu=self.load_cpu,
-            )
+            upstream, upstream_port = self.upstream(folder)
             children.append(upstream)
             upstream.start()
             await upstream.wait_listening("127.0.0.1", upstream_port)
@@ -1090,12 +1118,15 @@ class Environment:
 
 
 @dataclass(frozen=True, slots=True)
-class Options:
-    """What to run (the command line, validated).
+class CommonOptions:
+    """What every relay benchmark runs (the command line, validated); subclasses add their own.
 
     Raises:
         ValueError: a count, size or duration out of range.
     """
+
+    #: What ``--quick`` changes: tiny sizes, one round (each benchmark its own).
+    QUICK: ClassVar[Mapping[str, Any]] = {}
 
     rounds: int = 3
     sizes: tuple[int, ...] = (100, 1000)
@@ -1104,7 +1135,6 @@ class Options:
     joins: int = 2000
     join_concurrency: int = 200
     idle: int = 5000
-    message_size: int = 100
     sources: int = 200
     skip_nginx: bool = False
     only: Section | None = None
@@ -1125,8 +1155,6 @@ class Options:
             raise ValueError("--warmup must not be negative")
         if not self.sizes or any(size <= 0 for size in self.sizes):
             raise ValueError("--sizes must be positive connection counts")
-        if self.message_size < MIN_ECHO_SIZE:
-            raise ValueError(f"--message-size must be at least {MIN_ECHO_SIZE}")
         if not 1 <= self.sources <= 254:
             raise ValueError("--sources must be 1-254")
         if self.proxy_cpu == self.load_cpu:
@@ -1137,66 +1165,116 @@ class Options:
         """The sections to run, in order."""
         return (self.only,) if self.only is not None else tuple(Section)
 
+    @classmethod
+    def add_own_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the benchmark's own options to ``parser`` (after ``--idle``)."""
 
-def _quick(options: Options) -> Options:
-    """Tiny sizes: checks that the whole benchmark works, in well under a minute."""
-    values = asdict(options)
-    values.update(rounds=1, sizes=(10, 50), duration=1.0, warmup=0.2, joins=100,
-                  join_concurrency=20, idle=200, quick=True)
-    return Options(**values)
+    @classmethod
+    def own_values(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The benchmark's own fields from the parsed command line.
+
+        Raises:
+            ValueError: a value out of range.
+        """
+        return {}
+
+    @classmethod
+    def parse(cls, argv: Sequence[str] | None, *, prog: str, description: str,
+              upstream: str) -> Self:
+        """Parse the command line (``--quick`` applied); a bad value is a usage error.
+
+        Args:
+            argv: the arguments (None: ``sys.argv[1:]``).
+            prog: the program name in usage messages.
+            description: what ``--help`` says the benchmark is.
+            upstream: what the load generator shares its CPU with, in ``--help``.
+        """
+        parser = argparse.ArgumentParser(prog=prog, description=description)
+        add = parser.add_argument
+        add("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+        add("--sizes", default="100,1000",
+            help="connection counts for the round-trip section (default 100,1000)")
+        add("--duration", type=float, default=5.0,
+            help="seconds of measured load per round-trip run (default 5)")
+        add("--warmup", type=float, default=1.0,
+            help="seconds of unmeasured load before each round-trip run (default 1)")
+        add("--joins", type=int, default=2000, help="joins per join run (default 2000)")
+        add("--join-concurrency", type=int, default=200,
+            help="joins in progress at a time (default 200)")
+        idle = next(f.default for f in fields(cls) if f.name == "idle")
+        add("--idle", type=int, default=idle,
+            help=f"idle participants for the memory section (default {idle})")
+        cls.add_own_arguments(parser)
+        add("--sources", type=int, default=200,
+            help="source addresses 127.0.3.1-N to spread connections over")
+        add("--skip-nginx", action="store_true", help="do not run nginx")
+        add("--only", choices=[s.value for s in Section], help="run one section only")
+        add("--quick", action="store_true",
+            help="tiny sizes, one round: check that the benchmark works")
+        add("--no-pin", action="store_true", help="do not pin processes to CPUs")
+        add("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
+        add("--load-cpu", type=int, default=1,
+            help=f"CPU for the load generator and {upstream} (default 1)")
+        add("--timeout", type=float, default=180.0,
+            help="seconds any one phase may take (default 180)")
+        add("--json", dest="json_path", type=Path, metavar="FILE",
+            help="also write every figure to FILE")
+        add("--keep", action="store_true",
+            help="keep the temporary folder (configs and server logs)")
+        args = parser.parse_args(argv)
+        try:
+            sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
+            options = cls(
+                rounds=args.rounds, sizes=sizes, duration=args.duration, warmup=args.warmup,
+                joins=args.joins, join_concurrency=args.join_concurrency, idle=args.idle,
+                sources=args.sources, skip_nginx=args.skip_nginx,
+                only=Section(args.only) if args.only else None, pin=not args.no_pin,
+                proxy_cpu=args.proxy_cpu, load_cpu=args.load_cpu, timeout=args.timeout,
+                json_path=args.json_path, keep=args.keep, **cls.own_values(args),
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        return replace(options, **cls.QUICK, quick=True) if args.quick else options
+
+
+@dataclass(frozen=True, slots=True)
+class Options(CommonOptions):
+    """What to run (the command line, validated): the common options and the message size.
+
+    Raises:
+        ValueError: a count, size or duration out of range.
+    """
+
+    QUICK: ClassVar[Mapping[str, Any]] = {
+        "rounds": 1, "sizes": (10, 50), "duration": 1.0, "warmup": 0.2, "joins": 100,
+        "join_concurrency": 20, "idle": 200,
+    }
+
+    message_size: int = 100
+
+    def __post_init__(self) -> None:
+        # Explicit base call: zero-argument super() fails in a slots dataclass (new class).
+        CommonOptions.__post_init__(self)
+        if self.message_size < MIN_ECHO_SIZE:
+            raise ValueError(f"--message-size must be at least {MIN_ECHO_SIZE}")
+
+    @classmethod
+    def add_own_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--message-size``."""
+        parser.add_argument("--message-size", type=int, default=100,
+                            help="bytes per echo message (default 100)")
+
+    @classmethod
+    def own_values(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The message size."""
+        return {"message_size": args.message_size}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse the command line into :class:`Options` (``--quick`` applied)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtests.bench_relay",
-        description="Relay benchmark: direct, geogate and nginx, interleaved.",
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--sizes", default="100,1000",
-                        help="connection counts for the round-trip section (default 100,1000)")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds of measured load per round-trip run (default 5)")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="seconds of unmeasured load before each round-trip run (default 1)")
-    parser.add_argument("--joins", type=int, default=2000, help="joins per join run (default 2000)")
-    parser.add_argument("--join-concurrency", type=int, default=200,
-                        help="joins in progress at a time (default 200)")
-    parser.add_argument("--idle", type=int, default=5000,
-                        help="idle participants for the memory section (default 5000)")
-    parser.add_argument("--message-size", type=int, default=100,
-                        help="bytes per echo message (default 100)")
-    parser.add_argument("--sources", type=int, default=200,
-                        help="source addresses 127.0.3.1-N to spread connections over")
-    parser.add_argument("--skip-nginx", action="store_true", help="do not run nginx")
-    parser.add_argument("--only", choices=[s.value for s in Section],
-                        help="run one section only")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes, one round: check that the benchmark works")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    parser.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy (default 0)")
-    parser.add_argument("--load-cpu", type=int, default=1,
-                        help="CPU for the load generator and the demo server (default 1)")
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds any one phase may take (default 180)")
-    parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE",
-                        help="also write every figure to FILE")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary folder (configs and server logs)")
-    args = parser.parse_args(argv)
-    try:
-        sizes = tuple(int(s) for s in args.sizes.split(",") if s.strip())
-        options = Options(
-            rounds=args.rounds, sizes=sizes, duration=args.duration, warmup=args.warmup,
-            joins=args.joins, join_concurrency=args.join_concurrency, idle=args.idle,
-            message_size=args.message_size, sources=args.sources, skip_nginx=args.skip_nginx,
-            only=Section(args.only) if args.only else None, pin=not args.no_pin,
-            proxy_cpu=args.proxy_cpu, load_cpu=args.load_cpu, timeout=args.timeout,
-            json_path=args.json_path, keep=args.keep,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    return _quick(options) if args.quick else options
+    return Options.parse(argv, prog="python -m loadtests.bench_relay",
+                         description="Relay benchmark: direct, geogate and nginx, interleaved.",
+                         upstream="the demo server")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1406,14 +1484,16 @@ def sources_digest() -> str:
     return digest.hexdigest()[:12]
 
 
-def _environment(env: Environment, options: Options, nofile: int, digest: str) -> dict[str, Any]:
+OptionsT = TypeVar("OptionsT", bound=CommonOptions)
+
+
+def _environment(env: Environment, options: CommonOptions, nofile: int, digest: str,
+                 upstream: str) -> dict[str, Any]:
     commit = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=5,
                                 check=False).stdout.strip()
-    from importlib.metadata import version
-
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": commit,
@@ -1421,38 +1501,11 @@ def _environment(env: Environment, options: Options, nofile: int, digest: str) -
         "python": platform.python_version(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
-        "websockets": version("websockets"),
         "nginx": nginx_version(env.nginx) if env.nginx else None,
-        "pinning": {"proxy": env.proxy_cpu, "load_and_upstream": env.load_cpu},
+        "pinning": {"proxy": env.proxy_cpu, f"load_and_{upstream.lower()}": env.load_cpu},
         "affinity_seen": env.affinity,
-        "clock_ticks_per_s": _CLK_TCK,
         "nofile_limit": nofile,
-        "message_size": options.message_size,
     }
-
-
-def _progress(out: TextIO, text: str) -> None:
-    print(text, file=out, flush=True)
-
-
-async def _measure(run: Running, section: Section, options: Options, size: int,
-                   sources: Sequence[str]) -> Result:
-    common: dict[str, Any] = {"proxy": run.proxy, "sources": sources, "timeout": options.timeout}
-    if section is Section.RTT:
-        return await measure_rtt(
-            run.endpoint, upstream=run.upstream, connections=size, duration=options.duration,
-            warmup=options.warmup, concurrency=options.join_concurrency,
-            echo_size=options.message_size, **common,
-        )
-    if section is Section.JOINS:
-        return await measure_joins(
-            run.endpoint, upstream=run.upstream, joins=options.joins,
-            concurrency=options.join_concurrency, echo_size=options.message_size, **common,
-        )
-    return await measure_memory(
-        run.endpoint, upstream=run.upstream, participants=options.idle,
-        concurrency=options.join_concurrency, **common,
-    )
 
 
 def one_line(target: Target, result: Result) -> str:
@@ -1470,113 +1523,241 @@ def one_line(target: Target, result: Result) -> str:
             f"{_fmt(f['proxy_kib_per_pair'], '{:.1f}')} KiB/pair")
 
 
-def _section_plan(options: Options) -> Iterator[tuple[str, Section, str, int]]:
-    for section in options.sections:
-        if section is Section.RTT:
-            for size in options.sizes:
-                yield (f"rtt-{size}", section,
-                       f"Round trips, {size:,} connections, {options.message_size}-byte "
-                       "messages", size)
-        elif section is Section.JOINS:
-            yield ("joins", section, f"Joins, {options.joins:,} at concurrency "
-                   f"{options.join_concurrency}", options.joins)
-        else:
-            yield ("memory", section, f"Memory, {options.idle:,} idle participants",
-                   options.idle)
+class Benchmark(abc.ABC, Generic[OptionsT]):
+    """One relay benchmark: its own parts, run by :meth:`main` with the shared machinery.
 
-
-async def run_benchmark(options: Options, env: Environment, out: TextIO) -> list[SectionResults]:
-    """Run every section, targets interleaved within each round.
+    The shared part starts each target fresh (:meth:`Environment.running`), interleaves the
+    targets within each round, prints progress, the tables and the verdicts, and writes the
+    figures; a subclass says what the upstream server is and how a section is measured.
 
     Args:
         options: what to run.
-        env: processes, binaries and CPUs.
-        out: where progress lines go.
-
-    Returns:
-        The results by section, in order.
-
-    Raises:
-        BenchmarkError: a server failed or a phase did not complete.
     """
-    targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if env.nginx else [])
-    sources = source_addresses(options.sources)
-    all_results: list[SectionResults] = []
-    for key, section, title, size in _section_plan(options):
-        results = SectionResults(key, section, title, size)
-        all_results.append(results)
-        for round_number in range(1, options.rounds + 1):
-            for target in targets:
-                async with env.running(target) as run:
-                    result = await _measure(run, section, options, size, sources)
-                results.add(target, result)
-                _progress(out, f"[{key} round {round_number}/{options.rounds}] "
-                               f"{one_line(target, result)}")
-    return all_results
+
+    #: The module's name, in error messages and the temporary folder's.
+    name: ClassVar[str]
+    #: The first words of the start line.
+    title: ClassVar[str]
+    #: The upstream server, as the start line calls it (CPU pinning).
+    upstream: ClassVar[str]
+
+    def __init__(self, options: OptionsT) -> None:
+        self.options = options
+
+    def missing(self) -> str | None:
+        """Why the benchmark cannot run on this machine, or None when it can."""
+        return None
+
+    @abc.abstractmethod
+    def environment(self, folder: Path, nginx: str | None, proxy_cpu: int | None,
+                    load_cpu: int | None) -> Environment:
+        """The environment of the run (arguments as :class:`Environment`'s)."""
+
+    @abc.abstractmethod
+    def section_title(self, section: Section, size: int) -> str:
+        """The heading of a section's table (``size``: connections, joins or participants)."""
+
+    @abc.abstractmethod
+    def opener(self, endpoint: Endpoint, section: Section) -> Opener:
+        """How a participant of ``section`` joins the upstream server at ``endpoint``."""
+
+    async def release(self, participants: Sequence[Participant]) -> None:
+        """End the participants of a round-trip or memory measurement (default: gracefully)."""
+        await close_all(participants)
+
+    def join_result(self, result: JoinResult, unexpected: int) -> JoinResult:
+        """The join storm's result to report, given the messages nobody awaited in it."""
+        return result
+
+    async def measure(self, run: Running, section: Section, size: int,
+                      sources: Sequence[str]) -> Result:
+        """Measure one section on one running target.
+
+        Raises:
+            BenchmarkError: a phase did not complete.
+        """
+        options = self.options
+        opener = self.opener(run.endpoint, section)
+        common: dict[str, Any] = {"proxy": run.proxy, "upstream": run.upstream,
+                                  "sources": sources, "timeout": options.timeout,
+                                  "concurrency": options.join_concurrency}
+        if section is Section.RTT:
+            return await measure_rtt(
+                run.endpoint, connections=size, duration=options.duration,
+                warmup=options.warmup, opener=opener, release=self.release, **common,
+            )
+        if section is Section.JOINS:
+            return self.join_result(*await join_storm(opener, joins=size, **common))
+        return await measure_memory(run.endpoint, participants=size, opener=opener,
+                                    release=self.release, **common)
+
+    def settings(self) -> str:
+        """The benchmark's own settings for the start line (" key=value ..."), or ""."""
+        return ""
+
+    def notes(self, results: Sequence[SectionResults], targets: Sequence[Target]) -> list[str]:
+        """Lines printed under the tables."""
+        return []
+
+    def about(self) -> str:
+        """What the closing line says of the setup before the CPU accounting ("...; "), or ""."""
+        return ""
+
+    def environment_info(self) -> dict[str, Any]:
+        """The benchmark's own entries in the JSON report's environment."""
+        return {}
+
+    def plan(self) -> Iterator[tuple[str, Section, str, int]]:
+        """The sections to measure, in order: (key, section, title, size)."""
+        options = self.options
+        for section in options.sections:
+            if section is Section.RTT:
+                for size in options.sizes:
+                    yield f"rtt-{size}", section, self.section_title(section, size), size
+            else:
+                size = options.joins if section is Section.JOINS else options.idle
+                yield str(section), section, self.section_title(section, size), size
+
+    async def run(self, env: Environment, out: TextIO) -> list[SectionResults]:
+        """Run every section, targets interleaved within each round.
+
+        Args:
+            env: processes, binaries and CPUs.
+            out: where progress lines go.
+
+        Returns:
+            The results by section, in order.
+
+        Raises:
+            BenchmarkError: a server failed or a phase did not complete.
+        """
+        options = self.options
+        targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if env.nginx else [])
+        sources = source_addresses(options.sources)
+        all_results: list[SectionResults] = []
+        for key, section, title, size in self.plan():
+            results = SectionResults(key, section, title, size)
+            all_results.append(results)
+            for round_number in range(1, options.rounds + 1):
+                for target in targets:
+                    async with env.running(target) as run:
+                        result = await self.measure(run, section, size, sources)
+                    results.add(target, result)
+                    print(f"[{key} round {round_number}/{options.rounds}] "
+                          f"{one_line(target, result)}", file=out, flush=True)
+        return all_results
+
+    def main(self) -> int:
+        """Run the benchmark, print the report; return the exit code (0, or 1 on failure)."""
+        options = self.options
+        out = sys.stdout
+        err = sys.stderr
+        why_not = self.missing()
+        if why_not is not None:
+            print(f"{self.name}: {why_not}", file=err)
+            return 1
+        nofile = raise_nofile_limit()
+        nginx = None if options.skip_nginx else find_nginx()
+        if nginx is None:
+            why = "--skip-nginx given" if options.skip_nginx else \
+                "nginx is not installed (run `make bench-deps`)"
+            banner = "!" * 78
+            print(f"{banner}\n!!! NGINX SKIPPED: {why}.\n!!! No geogate/nginx ratios and no "
+                  f"verdicts on the CPU targets in this run.\n{banner}", file=err, flush=True)
+        own = os.sched_getaffinity(0)
+        pin = options.pin and len(own) >= 2 and {options.proxy_cpu, options.load_cpu} <= own
+        if options.pin and not pin:
+            print(f"warning: cannot pin to CPUs {options.proxy_cpu} and {options.load_cpu}; "
+                  "running unpinned", file=err, flush=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"geogate-{self.name.replace('_', '-')}-"))
+        started = time.monotonic()
+        digest = sources_digest()
+        try:
+            env = self.environment(folder, nginx, options.proxy_cpu if pin else None,
+                                   options.load_cpu if pin else None)
+            if pin:
+                os.sched_setaffinity(0, {options.load_cpu})
+            print(f"{self.title}: rounds={options.rounds} sizes={options.sizes} "
+                  f"duration={options.duration}s joins={options.joins}@"
+                  f"{options.join_concurrency} idle={options.idle}{self.settings()}"
+                  f"{' (quick)' if options.quick else ''}; open-file limit {nofile}; proxy on "
+                  f"CPU {env.proxy_cpu}, load and {self.upstream} on CPU {env.load_cpu}; logs in "
+                  f"{folder}", file=err, flush=True)
+            from proxy.service import loop_factory
+
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                results = runner.run(self.run(env, err))
+            targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if nginx else [])
+            print(render_report(results, targets), file=out)
+            for note in self.notes(results, targets):
+                print(f"\n{note}", file=out)
+            changed = ", changed during the run" if sources_digest() != digest else ""
+            print(f"\n(total {time.monotonic() - started:.0f} s; {self.about()}CPU is the "
+                  "proxy's own utime+stime; ratio = median of per-round geogate/nginx; geogate "
+                  f"sources {digest}{changed})", file=out, flush=True)
+            if options.json_path is not None:
+                report = {
+                    "environment": _environment(env, options, nofile, digest, self.upstream)
+                    | self.environment_info(),
+                    "options": {k: (str(v) if isinstance(v, Path | enum.Enum) else v)
+                                for k, v in asdict(options).items()},
+                    "sections": {r.key: r.to_json() for r in results},
+                    "verdicts": [asdict(v) for v in verdicts(results)],
+                }
+                options.json_path.write_bytes(
+                    orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+                )
+                print(f"figures written to {options.json_path}", file=out)
+        except (GeogateError, OSError) as exc:
+            print(f"{self.name}: {exc}\n(server logs kept in {folder})", file=err)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{self.name}: interrupted (server logs kept in {folder})", file=err)
+            return 130
+        finally:
+            if pin:
+                os.sched_setaffinity(0, own)
+        if not options.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        return 0
+
+
+class RelayBenchmark(Benchmark[Options]):
+    """The relay benchmark in front of the demo meeting server (module docstring)."""
+
+    name = "bench_relay"
+    title = "geogate relay benchmark"
+    upstream = "upstream"
+
+    def environment(self, folder: Path, nginx: str | None, proxy_cpu: int | None,
+                    load_cpu: int | None) -> Environment:
+        """The demo meeting server's environment."""
+        return Environment(folder, nginx, proxy_cpu, load_cpu)
+
+    def section_title(self, section: Section, size: int) -> str:
+        """Round trips of ``--message-size`` bytes, joins, idle participants."""
+        options = self.options
+        if section is Section.RTT:
+            return f"Round trips, {size:,} connections, {options.message_size}-byte messages"
+        if section is Section.JOINS:
+            return f"Joins, {size:,} at concurrency {options.join_concurrency}"
+        return f"Memory, {size:,} idle participants"
+
+    def opener(self, endpoint: Endpoint, section: Section) -> Opener:
+        """A meeting of its own per participant, echoes of ``--message-size`` bytes."""
+        return demo_opener(endpoint, echo_size=self.options.message_size)
+
+    def environment_info(self) -> dict[str, Any]:
+        """The websockets version, the clock tick and the message size."""
+        from importlib.metadata import version
+
+        return {"websockets": version("websockets"), "clock_ticks_per_s": _CLK_TCK,
+                "message_size": self.options.message_size}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark from the command line; return the exit code (0, or 1 on failure)."""
-    options = parse_args(argv)
-    out = sys.stdout
-    err = sys.stderr
-    nofile = raise_nofile_limit()
-    nginx = None if options.skip_nginx else find_nginx()
-    if nginx is None:
-        why = "--skip-nginx given" if options.skip_nginx else \
-            "nginx is not installed (run `make bench-deps`)"
-        banner = "!" * 78
-        print(f"{banner}\n!!! NGINX SKIPPED: {why}.\n!!! No geogate/nginx ratios and no "
-              f"verdicts on the CPU targets in this run.\n{banner}", file=err, flush=True)
-    pin = options.pin and len(os.sched_getaffinity(0)) >= 2 and \
-        {options.proxy_cpu, options.load_cpu} <= os.sched_getaffinity(0)
-    if options.pin and not pin:
-        print(f"warning: cannot pin to CPUs {options.proxy_cpu} and {options.load_cpu}; "
-              "running unpinned", file=err, flush=True)
-    folder = Path(tempfile.mkdtemp(prefix="geogate-bench-relay-"))
-    started = time.monotonic()
-    digest = sources_digest()
-    try:
-        env = Environment(folder, nginx, options.proxy_cpu if pin else None,
-                          options.load_cpu if pin else None)
-        if pin:
-            os.sched_setaffinity(0, {options.load_cpu})
-        print(f"geogate relay benchmark: rounds={options.rounds} sizes={options.sizes} "
-              f"duration={options.duration}s joins={options.joins}@{options.join_concurrency} "
-              f"idle={options.idle}{' (quick)' if options.quick else ''}; open-file limit "
-              f"{nofile}; proxy on CPU {env.proxy_cpu}, load and upstream on CPU "
-              f"{env.load_cpu}; logs in {folder}", file=err, flush=True)
-        from proxy.service import loop_factory
-
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            results = runner.run(run_benchmark(options, env, err))
-        targets = [Target.DIRECT, Target.GEOGATE] + ([Target.NGINX] if nginx else [])
-        print(render_report(results, targets), file=out)
-        print(f"\n(total {time.monotonic() - started:.0f} s; CPU is the proxy's own utime+stime; "
-              "ratio = median of per-round geogate/nginx; geogate sources "
-              f"{digest}{', changed during the run' if sources_digest() != digest else ''})",
-              file=out, flush=True)
-        if options.json_path is not None:
-            report = {
-                "environment": _environment(env, options, nofile, digest),
-                "options": {k: (str(v) if isinstance(v, Path | Section) else v)
-                            for k, v in asdict(options).items()},
-                "sections": {r.key: r.to_json() for r in results},
-                "verdicts": [asdict(v) for v in verdicts(results)],
-            }
-            options.json_path.write_bytes(
-                orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-            )
-            print(f"figures written to {options.json_path}", file=out)
-    except (GeogateError, OSError) as exc:
-        print(f"bench_relay: {exc}\n(server logs kept in {folder})", file=err)
-        return 1
-    except KeyboardInterrupt:
-        print(f"bench_relay: interrupted (server logs kept in {folder})", file=err)
-        return 130
-    if not options.keep:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 0
+    return RelayBenchmark(parse_args(argv)).main()
 
 
 if __name__ == "__main__":

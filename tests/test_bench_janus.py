@@ -23,18 +23,19 @@ from loadtests.bench_janus import (
     JoinRooms,
     JoinStep,
     Options,
+    drop_all,
     events_note,
     janus_command,
+    janus_opener,
     janus_request,
     main,
-    measure_rtt,
     open_janus_participant,
     parse_args,
     storm_rooms,
     videoroom_config,
     write_janus_config,
 )
-from loadtests.bench_relay import Section, SectionResults, Target, source_addresses
+from loadtests.bench_relay import Section, SectionResults, Target, measure_rtt, source_addresses
 from loadtests.nginx import find_nginx
 from loadtests.wsclient import HANDSHAKE_KEY, EchoLoad, Endpoint, LoadError, Stage, close_all
 from proxy.config import load_snapshot
@@ -319,7 +320,8 @@ async def test_lean_client_joins_a_real_janus(tmp_path: Path) -> None:
             await watcher.close()
             assert await close_all([participant]) == 0
         result = await measure_rtt(endpoint, proxy=None, upstream=None, connections=3,
-                                   duration=0.2, warmup=0.0, sources=SOURCES, timeout=10.0)
+                                   duration=0.2, warmup=0.0, sources=SOURCES, timeout=10.0,
+                                   opener=janus_opener(endpoint), release=drop_all)
         assert result.round_trips > 0 and result.errors == 0 and result.lost == 0
 
 
