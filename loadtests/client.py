@@ -2,8 +2,9 @@
 
 Each connection is one :class:`asyncio.Protocol` (no task, future or library object per message,
 so the generator stays cheaper than the proxy it measures). It binds its region's source address,
-does its own HTTP upgrade (RFC 6455 section 4.1; with an X-Forwarded-For header for regions
-outside loopback), sends the join, and then reads every message: ``joined`` admits it, a
+does the HTTP upgrade (RFC 6455 section 4.1; with an X-Forwarded-For header for regions outside
+loopback) and reads frames with the pieces the benchmark client has too
+(:mod:`loadtests.wsclient`), sends the join, and then reads every message: ``joined`` admits it, a
 ``geogate.denied`` notice followed by close code 4451 denies or evicts it, signals from other
 participants are checked for sequence gaps, duplicates and reordering, and a signal to itself
 times the signal round trip.
@@ -23,9 +24,7 @@ and hands it to its owner when the TCP connection is gone.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -36,13 +35,13 @@ import orjson
 
 from loadtests.records import Attempt, End, Notice, Outcome, SignalFindings, TailGap
 from loadtests.stats import Histogram
+from loadtests.wsclient import FrameReader, read_upgrade_head, upgrade_request
 from proxy.frames import CLOSE_CODES_ALLOWED_ON_WIRE, Opcode, encode_close_payload, encode_frame
 
 __all__ = ["DENIAL_CLOSE_CODE", "Connection", "ConnectionSpec", "Metrics", "State"]
 
 #: The close code that follows a denial notice (HTTP 451's WebSocket sibling).
 DENIAL_CLOSE_CODE: Final = 4451
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _MAX_HEAD: Final = 16384
 _MAX_MESSAGE: Final = 1 << 22
 _CLOSE_WAIT: Final = 5.0  # seconds for the server's close after ours, then abort
@@ -145,7 +144,7 @@ class ConnectionSpec:
     scheduled: float
 
 
-class Connection(asyncio.Protocol):
+class Connection(FrameReader):
     """One participant connection (module docstring).
 
     Args:
@@ -163,8 +162,6 @@ class Connection(asyncio.Protocol):
         "_head",
         "_heads",
         "_join_timer",
-        "_key_accept",
-        "_pending",
         "_senders",
         "answered",
         "close_code",
@@ -188,6 +185,8 @@ class Connection(asyncio.Protocol):
         "was_admitted",
     )
 
+    max_frame = _MAX_MESSAGE
+
     def __init__(
         self,
         spec: ConnectionSpec,
@@ -196,6 +195,7 @@ class Connection(asyncio.Protocol):
         on_closed: Callable[[Connection, Attempt], None],
         join_timeout: float,
     ) -> None:
+        super().__init__()
         self.spec = spec
         self.metrics = metrics
         self.on_answer = on_answer
@@ -217,10 +217,8 @@ class Connection(asyncio.Protocol):
         self.final_sent = False
         self.was_admitted = False
         self._head = b""
-        self._pending = b""
         self._frags: bytearray | None = None
         self._frag_text = False
-        self._key_accept = b""
         # Receiver side: sender id -> [epoch, last sequence number, final seen].
         self._senders: dict[str, list[int]] = {}
         self._heads: set[str] = set()
@@ -235,16 +233,12 @@ class Connection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses but have the same methods.
         self.transport = transport  # type: ignore[assignment]
         spec = self.spec
-        key = base64.b64encode(os.urandom(16))
-        self._key_accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        # The upgrade uses the load clients' fixed key (loadtests.wsclient): the answer is still
+        # checked against it, and no key is drawn and hashed per connection.
         forwarded = f"X-Forwarded-For: {spec.forwarded}\r\n" if spec.forwarded else ""
-        request = (
-            f"GET {spec.path} HTTP/1.1\r\nHost: {spec.host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{forwarded}User-Agent: geogate-loadtest\r\n\r\n"
-        )
         self.state = _UPGRADING
-        transport.write(request.encode("ascii"))  # type: ignore[attr-defined]
+        transport.write(upgrade_request(spec.host, spec.path, forwarded,  # type: ignore[attr-defined]
+                                        user_agent="geogate-loadtest"))
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -252,59 +246,31 @@ class Connection(asyncio.Protocol):
             data = self._upgrade(data)
             if not data:
                 return
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        n = len(data)
-        pos = 0
-        # Server frames are never masked (RFC 6455 section 5.1).
-        while n - pos >= 2:
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            if b1 & 0x80:
-                self._protocol_error("masked server frame")
-                return
-            end = start + length
-            if end > n:
-                if length > _MAX_MESSAGE:
-                    self._protocol_error("server frame too large")
-                    return
-                break
-            b0 = data[pos]
-            opcode = b0 & 0x0F
-            pos = end
-            if opcode >= 8:
-                self._control(opcode, data[start:end])
-            elif opcode == 0:
-                if self._frags is None:
-                    self._protocol_error("continuation without a message")
-                    return
-                self._frags += data[start:end]
-                if b0 & 0x80:
-                    message, self._frags = bytes(self._frags), None
-                    if self._frag_text:
-                        self._message(message)
-            elif b0 & 0x80:
-                if opcode == 1:
-                    self._message(data[start:end])
-            else:
-                self._frags = bytearray(data[start:end])
-                self._frag_text = opcode == 1
-            if self.state is _CLOSED:
-                return
-        if pos < n:
-            self._pending = data[pos:]
+        self.read_frames(data)
+
+    def frame(self, first: int, data: bytes, start: int, end: int) -> bool:
+        opcode = first & 0x0F
+        if opcode >= 8:
+            self._control(opcode, data[start:end])
+        elif opcode == 0:
+            if self._frags is None:
+                self._protocol_error("continuation without a message")
+                return False
+            self._frags += data[start:end]
+            if first & 0x80:
+                message, self._frags = bytes(self._frags), None
+                if self._frag_text:
+                    self._message(message)
+        elif first & 0x80:
+            if opcode == 1:
+                self._message(data[start:end])
+        else:
+            self._frags = bytearray(data[start:end])
+            self._frag_text = opcode == 1
+        return self.state is not _CLOSED
+
+    def frame_error(self, detail: str) -> None:
+        self._protocol_error(detail)
 
     def eof_received(self) -> bool | None:
         return None  # the server closed its side: close ours too
@@ -431,16 +397,14 @@ class Connection(asyncio.Protocol):
         if self.state is _HTTP_ERROR:
             self._head = head[:_MAX_HEAD * 4]
             return b""
-        end = head.find(b"\r\n\r\n")
-        if end < 0:
+        answer = read_upgrade_head(head)
+        if answer is None:
             if len(head) > _MAX_HEAD:
                 self._protocol_error("upgrade response too long")
             else:
                 self._head = head
             return b""
-        status_line = head[: head.find(b"\r\n")]
-        parts = status_line.split(b" ", 2)
-        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        status, end, accepted = answer
         if status != 101:
             # Read to the end: a 451 carries the notice as its JSON body (RFC 7725).
             self.http_status = status
@@ -448,7 +412,7 @@ class Connection(asyncio.Protocol):
             self._head = head
             return b""
         self._head = b""
-        if self._key_accept not in head[:end]:
+        if not accepted:
             self._protocol_error("upgrade without the expected Sec-WebSocket-Accept")
             return b""
         spec = self.spec

@@ -5,7 +5,8 @@ and the proxy (``geogate serve --config FILE``) as processes of their own, each 
 in the run folder, and waits until they accept connections. The proxy is started on a free port,
 in front of that upstream, with the restrictions file copied (templates rendered) into the run
 folder, so timed actions rewrite that copy and never the scenario's files; it can be pinned to one
-CPU. Only processes the tool started are ever signalled, by their own pid.
+CPU, and the demo meeting server then runs on the others. Only processes the tool started are ever
+signalled, by their own pid.
 
 The same overrides the proxy is started with are used to load its configuration for the checker,
 so the checker resolves regions with exactly the GeoIP settings the proxy uses.
@@ -246,16 +247,21 @@ class Target:
         upstream_url = spec.upstream_url
         upstream_port = self.upstream_port
         if spec.demo_upstream:
-            # Both processes start at once: the proxy connects upstream only for a join.
+            # Both processes start at once: the proxy connects upstream only for a join. With
+            # the proxy pinned, the meeting server keeps off its CPU: left free to roam, it
+            # often lands there and takes the proxy's time.
+            others = (set(os.sched_getaffinity(0)) - {spec.cpu}) if spec.cpu is not None \
+                else set()
             self._spawn("upstream", ["demo-upstream", "--host", "127.0.0.1", "--port",
-                                     str(upstream_port), "--log-level", "WARNING"])
+                                     str(upstream_port), "--log-level", "WARNING"],
+                        cpus=others or None)
             upstream_url = f"ws://127.0.0.1:{upstream_port}/"
         overrides["upstream.url"] = upstream_url
         config = load_config(spec.config, overrides)
         args = ["serve", "--config", str(spec.config), "--log-level", spec.log_level]
         for key, value in overrides.items():
             args += ["--set", f"{key}={toml_value(value)}"]
-        self._spawn("proxy", args, cpu=spec.cpu)
+        self._spawn("proxy", args, cpus=None if spec.cpu is None else {spec.cpu})
         if spec.demo_upstream:
             self._wait_listening("upstream", "127.0.0.1", upstream_port)
         self._wait_listening("proxy", config.listen.host, config.listen.port)
@@ -269,7 +275,7 @@ class Target:
                                      restrictions, admin_url, token, pids, logs)
         return self.running
 
-    def _spawn(self, role: str, args: list[str], cpu: int | None = None) -> Path:
+    def _spawn(self, role: str, args: list[str], cpus: set[int] | None = None) -> Path:
         log = self.workdir / f"{role}.log"
         with log.open("wb") as stream:
             process = subprocess.Popen(
@@ -277,11 +283,12 @@ class Target:
                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.workdir,
             )
         self.processes[role] = process
-        if cpu is not None:
+        if cpus:
             try:
-                os.sched_setaffinity(process.pid, {cpu})
+                os.sched_setaffinity(process.pid, cpus)
             except OSError as exc:
-                raise TargetError(f"cannot pin the {role} to CPU {cpu}: {exc}") from None
+                raise TargetError(f"cannot pin the {role} to CPUs {sorted(cpus)}: {exc}") \
+                    from None
         return log
 
     def _wait_listening(self, role: str, host: str, port: int) -> None:

@@ -163,6 +163,9 @@ class Worker:
         self.stopping = False
         self.rng = random.Random(f"{job.seed}:worker:{job.worker}")
         self.wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._played: asyncio.Future[None] | None = None
 
     # ---- scheduling ----------------------------------------------------------------------------
 
@@ -174,6 +177,8 @@ class Worker:
         self.counter += 1
         heapq.heappush(self.heap, (t, self.counter, index))
         actor.queued = t
+        if self._timer is not None and t < self._timer_at:
+            self._arm(t)  # a retry due before the next planned event
 
     async def run(self) -> WorkerReport:
         """Play every event, close what is left at the end, and report."""
@@ -208,32 +213,54 @@ class Worker:
         )
 
     async def _dispatch(self) -> None:
-        metrics = self.metrics
-        run_end = self.job.run_end
+        """Play the events until the run's end, or until nothing is left to play or answer."""
+        self._played = asyncio.get_running_loop().create_future()
+        self._play()
+        await self._played
+
+    def _play(self) -> None:
+        """Run the events that are due, then sleep on one timer until the next.
+
+        No task or future is made per wake: at hundreds of joins a second the generator must
+        stay cheaper than what it measures. With no event left but connections open, the timer
+        is set at the run's end, so a retry added by a failing join is still played.
+        """
+        assert self._played is not None
+        self._timer = None
         heap = self.heap
-        while heap and not self.stopping:
-            t = heap[0][0]
-            if t >= run_end:
-                break
-            delay = t - metrics.now()
-            if delay > 0.0005:
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), delay)
-                continue
-            now = metrics.now()
-            while heap and heap[0][0] <= now and not self.stopping:
-                t, _, index = heapq.heappop(heap)
-                actor = self.actors[index]
-                if actor.queued != t:
-                    continue  # superseded by an earlier entry
-                actor.queued = None
-                self._run_due(index, now)
-        # Let the run's end come (sessions stay until then) unless stopped.
-        while not self.stopping and metrics.now() < run_end and (self.live or heap):
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), min(0.2, run_end - metrics.now()))
+        run_end = self.job.run_end
+        now = self.metrics.now()
+        while heap and heap[0][0] <= now and heap[0][0] < run_end and not self.stopping:
+            t, _, index = heapq.heappop(heap)
+            actor = self.actors[index]
+            if actor.queued != t:
+                continue  # superseded by an earlier entry
+            actor.queued = None
+            self._run_due(index, now)
+        planned = bool(heap) and heap[0][0] < run_end
+        if self.stopping or now >= run_end or not (planned or self.live):
+            if not self._played.done():
+                self._played.set_result(None)
+            return
+        # Sessions stay open until the run's end even when nothing more is planned.
+        self._arm(heap[0][0] if planned else run_end)
+
+    def _arm(self, t: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = t
+        self._timer = asyncio.get_running_loop().call_later(
+            max(t - self.metrics.now(), 0.0), self._play)
+
+    def stop(self) -> None:
+        """End the run early: nothing more is played, open sessions are closed."""
+        self.stopping = True
+        self.wake.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._played is not None and not self._played.done():
+            self._played.set_result(None)
 
     def _run_due(self, index: int, now: float) -> None:
         actor = self.actors[index]
@@ -360,6 +387,8 @@ class Worker:
             asyncio.get_running_loop().call_soon(self._resume, self._index[actor.plan.index])
         if not self.live:
             self.wake.set()
+            if self._timer is not None and not (self.heap and self.heap[0][0] < self.job.run_end):
+                self._arm(0.0)  # nothing planned or open: the run can end now
 
     # ---- the end -------------------------------------------------------------------------------
 
@@ -434,8 +463,7 @@ def run_worker(job: WorkerJob, t0: float,
             while stop is not None:
                 await asyncio.sleep(_PROGRESS_INTERVAL)
                 if stop():
-                    worker.stopping = True
-                    worker.wake.set()
+                    worker.stop()
                     return
 
         watcher = asyncio.get_running_loop().create_task(watch())

@@ -38,10 +38,12 @@ import orjson
 from proxy.errors import GeogateError
 
 __all__ = [
+    "HANDSHAKE_ACCEPT",
     "HANDSHAKE_KEY",
     "MIN_ECHO_SIZE",
     "EchoLoad",
     "Endpoint",
+    "FrameReader",
     "LoadError",
     "Participant",
     "Stage",
@@ -52,13 +54,16 @@ __all__ = [
     "join_payload",
     "mask_payload",
     "open_participant",
+    "read_upgrade_head",
+    "upgrade_request",
 ]
 
 #: The one Sec-WebSocket-Key every participant sends (16 bytes, base64; RFC 6455 section 4.1).
 #: The server's answer still depends on it, so the accept check stays meaningful.
 HANDSHAKE_KEY: Final = "Z2VvZ2F0ZS1iZW5jaC0xNg=="
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-_ACCEPT: Final = base64.b64encode(hashlib.sha1(HANDSHAKE_KEY.encode() + _GUID).digest())
+#: The ``Sec-WebSocket-Accept`` value a server answers :data:`HANDSHAKE_KEY` with.
+HANDSHAKE_ACCEPT: Final = base64.b64encode(hashlib.sha1(HANDSHAKE_KEY.encode() + _GUID).digest())
 _MAX_HEAD: Final = 16384  # the largest upgrade response read
 _MAX_FRAME: Final = 1 << 20  # the largest server frame held while it arrives
 _ECHO_PREFIX: Final = b'{"type":"echo","pad":"'
@@ -126,17 +131,43 @@ class Endpoint:
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/', got {self.path!r}")
         authority = f"[{self.host}]" if ":" in self.host else self.host
-        request = (
-            f"GET {self.path} HTTP/1.1\r\n"
-            f"Host: {authority}:{self.port}\r\n"
-            "Upgrade: websocket\r\n"
-            "Connection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {HANDSHAKE_KEY}\r\n"
-            "Sec-WebSocket-Version: 13\r\n"
-            "User-Agent: geogate-bench\r\n"
-            "\r\n"
-        )
-        object.__setattr__(self, "request", request.encode("ascii"))
+        object.__setattr__(self, "request", upgrade_request(f"{authority}:{self.port}", self.path))
+
+
+def upgrade_request(host: str, path: str, headers: str = "",
+                    user_agent: str = "geogate-bench") -> bytes:
+    """The HTTP upgrade request a load client sends (RFC 6455 section 4.1), with the fixed key.
+
+    Args:
+        host: the Host header value.
+        path: the request target.
+        headers: more header lines, each ending in CRLF (an ``X-Forwarded-For``...).
+        user_agent: the User-Agent header value.
+    """
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {HANDSHAKE_KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}"
+        f"User-Agent: {user_agent}\r\n\r\n"
+    ).encode("ascii")
+
+
+def read_upgrade_head(head: bytes) -> tuple[int, int, bool] | None:
+    """Read the head of an upgrade response.
+
+    Args:
+        head: the bytes received so far.
+
+    Returns:
+        None while the head is incomplete; else the status code (0 when unreadable), where the
+        head ends (the frames or body start 4 bytes later), and whether it carries the
+        ``Sec-WebSocket-Accept`` value that answers :data:`HANDSHAKE_KEY`.
+    """
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    parts = head[: head.find(b"\r\n")].split(b" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return status, end, HANDSHAKE_ACCEPT in head[:end]
 
 
 def mask_payload(payload: bytes, mask: bytes) -> bytes:
@@ -251,7 +282,75 @@ class EchoLoad:
         return True
 
 
-class Participant(asyncio.Protocol):
+class FrameReader(asyncio.Protocol):
+    """The receiving half both load clients share: server frames cut at their boundaries.
+
+    :meth:`read_frames` walks the frames of each chunk reading only their headers (server
+    frames are unmasked, RFC 6455 section 5.1), keeps a frame cut by the end of a chunk for the
+    next one, and hands each whole frame to :meth:`frame` as offsets into the chunk: no object
+    is made per frame. A masked frame or one over :attr:`max_frame` bytes goes to
+    :meth:`frame_error`.
+    """
+
+    __slots__ = ("_pending",)
+
+    #: The largest server frame held while it arrives.
+    max_frame = _MAX_FRAME
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def read_frames(self, data: bytes) -> None:
+        """Hand each whole frame of ``data`` (after what the last chunk left) to :meth:`frame`."""
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        n = len(data)
+        pos = 0
+        while n - pos >= 2:
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            if b1 & 0x80:
+                self.frame_error("the server sent a masked frame (RFC 6455 section 5.1)")
+                return
+            end = start + length
+            if end > n:
+                if length > self.max_frame:
+                    self.frame_error(f"a server frame over {self.max_frame} bytes")
+                    return
+                break
+            first = data[pos]
+            pos = end
+            if not self.frame(first, data, start, end):
+                return
+        if pos < n:
+            self._pending = data[pos:]
+
+    def frame(self, first: int, data: bytes, start: int, end: int) -> bool:
+        """One whole frame: its first header byte (FIN, opcode) and payload ``data[start:end]``.
+
+        Returns:
+            False to stop reading this chunk (the connection is ending).
+        """
+        raise NotImplementedError
+
+    def frame_error(self, detail: str) -> None:
+        """The server broke the framing rules; the connection cannot go on."""
+        raise NotImplementedError
+
+
+class Participant(FrameReader):
     """One benchmark participant on its own connection (module docstring).
 
     Args:
@@ -281,7 +380,6 @@ class Participant(asyncio.Protocol):
         "_head",
         "_join_frame",
         "_mask",
-        "_pending",
         "_request",
         "close_code",
         "closed",
@@ -306,6 +404,7 @@ class Participant(asyncio.Protocol):
         first_echo: bool,
         started: float,
     ) -> None:
+        super().__init__()
         loop = asyncio.get_running_loop()
         self._request = request
         self._join_frame = join_frame
@@ -314,7 +413,6 @@ class Participant(asyncio.Protocol):
         self._echo_size = echo_size
         self._first_echo = first_echo
         self._head = b""
-        self._pending = b""
         self._abort_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.stage = _UPGRADING
@@ -339,43 +437,17 @@ class Participant(asyncio.Protocol):
             data = self._upgrade(data)
             if not data:
                 return
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        n = len(data)
-        pos = 0
-        # Server frames are unmasked (RFC 6455 section 5.1); only the headers are read here.
-        while n - pos >= 2:
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            if b1 & 0x80:
-                self._fail(LoadError("the server sent a masked frame (RFC 6455 section 5.1)"))
-                return
-            end = start + length
-            if end > n:
-                if length > _MAX_FRAME:
-                    self._fail(LoadError(f"a server frame of {length} bytes"))
-                    return
-                break
-            b0 = data[pos]
-            if b0 & 0x08:
-                self._control(b0 & 0x0F, data[start:end])
-            elif b0 & 0x80:
-                self.message(data, start, end)
-            pos = end
-        if pos < n:
-            self._pending = data[pos:]
+        self.read_frames(data)
+
+    def frame(self, first: int, data: bytes, start: int, end: int) -> bool:
+        if first & 0x08:
+            self._control(first & 0x0F, data[start:end])
+        elif first & 0x80:
+            self.message(data, start, end)
+        return True
+
+    def frame_error(self, detail: str) -> None:
+        self._fail(LoadError(detail))
 
     def eof_received(self) -> bool | None:
         return None  # the server closed its side: close ours too (connection_lost follows)
@@ -401,19 +473,20 @@ class Participant(asyncio.Protocol):
     def _upgrade(self, data: bytes) -> bytes:
         """Read the upgrade response; return the bytes after it (frames), or b"" until whole."""
         head = self._head + data if self._head else data
-        end = head.find(b"\r\n\r\n")
-        if end < 0:
+        answer = read_upgrade_head(head)
+        if answer is None:
             if len(head) > _MAX_HEAD:
                 self._fail(LoadError("upgrade response too long"))
             else:
                 self._head = head
             return b""
         self._head = b""
-        status = head[: head.find(b"\r\n")]
-        if not status.startswith(b"HTTP/1.1 101"):
-            self._fail(LoadError(f"upgrade refused: {status.decode('latin-1')}"))
+        status, end, accepted = answer
+        if status != 101:
+            line = head[: head.find(b"\r\n")]
+            self._fail(LoadError(f"upgrade refused: {line.decode('latin-1')}"))
             return b""
-        if _ACCEPT not in head[:end]:
+        if not accepted:
             self._fail(LoadError("upgrade response without the expected Sec-WebSocket-Accept"))
             return b""
         self.stage = _JOINING

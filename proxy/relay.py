@@ -121,15 +121,53 @@ class Direction(asyncio.Protocol):
             if not stopped:
                 self.dst.write(data)  # type: ignore[union-attr]
             return
-        if (n < 132 and not remaining and not self.pending and not self.msg_opcode
-                and not stopped and self._inject is None and n > 1):
+        if remaining or self.pending or self.msg_opcode or stopped or self._inject is not None:
+            self._slow(data, n)
+            return
+        if not self.inspect:
+            # Nothing here is read: a chunk of whole, final text or binary frames (what a
+            # meeting server's announcements are) goes out in the one write it came in, with
+            # only the first bytes of each header looked at and no object made per frame.
+            # Anything else (a control frame, a fragment, a frame cut by the end of the chunk,
+            # a 64-bit length, a wrong mask bit, a message over the bound) takes the general
+            # path, which names the fault.
+            mask_bit = 0x80 if self.from_client else 0
+            key_len = 4 if mask_bit else 0
+            limit = self.max_message
+            pos = count = 0
+            while n - pos > 1:
+                first = data[pos]
+                second = data[pos + 1]
+                if (first != 0x81 and first != 0x82) or second & 0x80 != mask_bit:
+                    break
+                length = second & 0x7F
+                if length < 126:
+                    pos += 2 + key_len + length
+                elif length == 126 and n - pos >= 4:
+                    length = (data[pos + 2] << 8) | data[pos + 3]
+                    if length < 126:
+                        break
+                    pos += 4 + key_len + length
+                else:
+                    break
+                if length > limit:
+                    break
+                count += 1
+            if pos == n:
+                self.frames += count
+                self.messages += count
+                self.dst.write(data)  # type: ignore[union-attr]
+            else:
+                self._slow(data, n)
+            return
+        if n < 132 and n > 1:
             # The common case of signaling: the chunk is exactly one small unfragmented text or
             # binary frame (FIN set, no RSV bits, 7-bit length). Pass it without the loop.
             first = data[0]
             second = data[1]
             if (first == 0x81 or first == 0x82) and second & 0x7F == n - (
                     6 if self.from_client else 2) and bool(second & 0x80) == self.from_client:
-                if (self.inspect and first == 0x81 and relay.adapter.inspect(
+                if (first == 0x81 and relay.adapter.inspect(
                         _TEXT, apply_mask(data[6:], data[2:6])) is not None):
                     self._slow(data, n)  # a join: gated by the general path
                     return

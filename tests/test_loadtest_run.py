@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import textwrap
+import time
 from pathlib import Path
 
 import orjson
@@ -14,6 +16,7 @@ from loadtests.checker import MismatchKind
 from loadtests.records import End, Outcome
 from loadtests.runner import RunOptions, run_scenario
 from loadtests.scenario import ArrivalKind, load_scenario
+from loadtests.target import Target
 from loadtests.trace import EventKind, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +225,20 @@ def test_forwarded_regions_are_placed_by_the_trusted_header(tmp_path: Path) -> N
     barred = [a for a in iran if result.participants[a.participant].meeting.startswith("event-")]
     assert barred and all(a.outcome is Outcome.DENIED for a in barred)
     assert result.exit_code == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_pinned_proxy_keeps_the_meeting_server_off_its_cpu(tmp_path: Path) -> None:
+    """With ``[target] cpu``, the proxy runs on that CPU alone and the demo server on the rest."""
+    restrictions = tmp_path / "ru.toml"
+    restrictions.write_text(RU_EVENTS)
+    path = tmp_path / "pinned.toml"
+    path.write_text(scenario_text(restrictions, count=1, duration=1.0, stay="[1.0, 1.0]"))
+    base = load_scenario(path)
+    cpus = os.sched_getaffinity(0)
+    cpu = min(cpus)
+    scenario = dataclasses.replace(base, target=dataclasses.replace(base.target, cpu=cpu))
+    with Target(scenario, tmp_path / "run") as target:
+        running = target.start(time.time())
+        assert os.sched_getaffinity(running.pids["proxy"]) == {cpu}
+        assert os.sched_getaffinity(running.pids["upstream"]) == cpus - {cpu}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 
 import orjson
 
 from proxy.demo_upstream import DemoUpstream, EventKind
-from proxy.frames import Opcode
+from proxy.frames import Opcode, encode_close_payload, encode_frame
+from proxy.handshake import RequestParser, build_accept_response, validate_upgrade
 from proxy.relay import Relay
 from proxy.server import Server
 from tests.helpers.proxy import TIMEOUT, Participant, ProxyFactory, restriction
@@ -151,3 +153,83 @@ async def test_text_frame_split_across_reads_is_relayed(proxies: ProxyFactory,
     opcode, payload, _ = await client.recv_frame()
     assert opcode == Opcode.TEXT and orjson.loads(payload) == orjson.loads(text)
     client.close()
+
+
+class _BatchUpstream:
+    """A raw meeting server: answers the join, then writes prepared server frames as told."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.joined = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = RequestParser(16384)
+        request = None
+        while request is None:
+            data = await reader.read(4096)
+            if not data:  # a connection that only checked we listen
+                writer.close()
+                return
+            request = parser.feed(data)
+        writer.write(build_accept_response(validate_upgrade(request), None))
+        self.writer = writer
+        self.joined.set()
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+
+    def write(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def server_frame(payload: bytes) -> bytes:
+    return encode_frame(Opcode.TEXT, payload, mask=False)
+
+
+async def test_batched_upstream_frames_pass_whole_with_boundaries_kept(
+        proxies: ProxyFactory) -> None:
+    """Many server frames in one read go out whole; one cut by a read's end is still tracked."""
+    upstream = _BatchUpstream()
+    server = await proxies.start(await upstream.start(), RESTRICTIONS)
+    try:
+        client = await RawClient.connect(server.port, after_request=join("m", "a"))
+        await asyncio.wait_for(upstream.joined.wait(), TIMEOUT)
+        await wait_until(lambda: any(True for _ in server.state.registry))
+        relay = relay_of(server, "a")
+        payloads = [b'{"type":"participant-joined","participant":"p%d"}' % i for i in range(40)]
+        payloads.append(b'{"type":"signal","pad":"' + b"y" * 300 + b'"}')  # a 16-bit length
+        batch = b"".join(server_frame(p) for p in payloads)
+        upstream.write(batch)
+        for payload in payloads:
+            opcode, data, fin = await client.recv_frame()
+            assert (opcode, data, fin) == (Opcode.TEXT, payload, True)
+        assert (relay.down.frames, relay.down.messages) == (41, 41)
+        # A batch whose last frame is cut by the end of a read: the rest of that frame is
+        # tracked into the next read, where the close frame must still be found.
+        tail = server_frame(b'{"type":"signal","pad":"' + b"z" * 200 + b'"}')
+        upstream.write(batch + tail[:7])
+        await wait_until(lambda: relay.down.remaining == len(tail) - 7)
+        upstream.write(tail[7:] + encode_frame(Opcode.CLOSE, encode_close_payload(1000, ""),
+                                               mask=False))
+        for payload in payloads:
+            assert (await client.recv_frame())[1] == payload
+        assert (await client.recv_frame())[1] == tail[4:]
+        assert await client.recv_close() == (1000, "")
+        assert relay.down.close_seen and relay.down.frames == 41 + 42 + 1
+        client.close()
+    finally:
+        await upstream.close()
