@@ -107,6 +107,7 @@ from loadtests.wsclient import (
     HANDSHAKE_KEY,
     MIN_ECHO_SIZE,
     Endpoint,
+    FrameReader,
     LoadError,
     echo_payload,
     encode_client_frame,
@@ -179,7 +180,6 @@ _ACCEPT: Final = base64.b64encode(
     hashlib.sha1(HANDSHAKE_KEY.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
 )
 _MAX_HEAD: Final = 16384
-_MAX_FRAME: Final = 1 << 20
 _TEXT: Final = 0x1
 _CLOSE: Final = 0x8
 _PING: Final = 0x9
@@ -702,7 +702,7 @@ class EchoDriver:
         return True
 
 
-class Peer(asyncio.Protocol):
+class Peer(FrameReader):
     """One participant's connection: upgrade, join, then count what arrives.
 
     Args:
@@ -730,7 +730,6 @@ class Peer(asyncio.Protocol):
         "_head",
         "_join_frame",
         "_mask",
-        "_pending",
         "_request",
         "close_at",
         "close_code",
@@ -764,7 +763,7 @@ class Peer(asyncio.Protocol):
         )
         self._echo_frame = encode_client_frame(_TEXT, echo_payload(echo_size), mask)
         self._head = b""
-        self._pending = b""
+        super().__init__()
         self._abort_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.stage = _UPGRADING
@@ -790,46 +789,20 @@ class Peer(asyncio.Protocol):
             data = self._upgrade(data)
             if not data:
                 return
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        n = len(data)
-        pos = 0
-        # Server frames are unmasked (RFC 6455 section 5.1); only headers are parsed.
-        while n - pos >= 2:
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            if b1 & 0x80:
-                self._fail(LoadError("the server sent a masked frame (RFC 6455 section 5.1)"))
-                return
-            end = start + length
-            if end > n:
-                if length > _MAX_FRAME:
-                    self._fail(LoadError(f"a server frame of {length} bytes"))
-                    return
-                break
-            b0 = data[pos]
-            opcode = b0 & 0x0F
-            if opcode >= _CLOSE:
-                self._control(opcode, data[start:end])
-            elif opcode == _TEXT and b0 & 0x80:
-                self._message(data, start, end)
-            else:
-                self.other += 1  # binary or fragmented: neither server sends any here
-            pos = end
-        if pos < n:
-            self._pending = data[pos:]
+        self.read_frames(data)
+
+    def frame(self, first: int, data: bytes, start: int, end: int) -> bool:
+        opcode = first & 0x0F
+        if opcode >= _CLOSE:
+            self._control(opcode, data[start:end])
+        elif opcode == _TEXT and first & 0x80:
+            self._message(data, start, end)
+        else:
+            self.other += 1  # binary or fragmented: neither server sends any here
+        return True
+
+    def frame_error(self, detail: str) -> None:
+        self._fail(LoadError(detail))
 
     def eof_received(self) -> bool | None:
         return None  # the server closed its side: close ours too (connection_lost follows)
