@@ -7,7 +7,8 @@ what was blocked, where and why (:mod:`proxy.report`).
 :class:`AuditLog` is the edge. :meth:`AuditLog.record` runs on the event loop: it pseudonymises
 the participant (HMAC-SHA256 under a secret key, so ids cannot be recovered by hashing guesses),
 truncates the address to a network, builds the record and puts it on a queue. One writer thread
-takes everything queued, appends it as JSON lines in one write call, and rotates the file by size
+takes everything queued (waiting ``batch_delay`` after the first record of a burst, so that the
+burst costs one wake-up), appends it as JSON lines in one write call, and rotates the file by size
 the way :class:`logging.handlers.RotatingFileHandler` does (``path.1`` is the newest rotated
 file, ``path.N`` the oldest). The event loop never touches the disk.
 
@@ -330,6 +331,9 @@ class AuditSettings:
         truncate_v4: IPv4 prefix length kept (32 keeps the whole address).
         truncate_v6: IPv6 prefix length kept (128 keeps the whole address).
         queue_max: records waiting for the writer, at most; more are dropped and counted.
+        batch_delay: seconds the writer waits after the first record of a batch for more; the
+            records of a burst then cost one wake-up of the writer thread and one write, not one
+            each (a wake-up per record cost about 100 us of CPU per record). 0 writes at once.
 
     Raises:
         ValueError: a field has the wrong type or is out of range; the message names it.
@@ -343,6 +347,7 @@ class AuditSettings:
     truncate_v4: int = 24
     truncate_v6: int = 48
     queue_max: int = 100_000
+    batch_delay: float = 0.005
 
     def __post_init__(self) -> None:
         if self.path is not None and not isinstance(self.path, Path):
@@ -360,6 +365,10 @@ class AuditSettings:
             if value < low or (high is not None and value > high):
                 expected = f"{low} or more" if high is None else f"{low} to {high}"
                 raise ValueError(f"{name}: {value} is out of range; expected {expected}")
+        if (isinstance(self.batch_delay, bool) or not isinstance(self.batch_delay, int | float)
+                or not 0 <= self.batch_delay <= 60):
+            raise ValueError(f"batch_delay: {self.batch_delay!r} is not a number of seconds "
+                             "from 0 to 60")
         if not isinstance(self.pseudonymise, bool):
             raise ValueError(f"pseudonymise: {self.pseudonymise!r} is not a bool")
         if self.key is not None:
@@ -435,6 +444,7 @@ class AuditLog:
         ephemeral_key: pseudonyms use a random per-process key (no key was configured).
         recorded: :meth:`record` calls, including dropped ones and those of a disabled log.
         written: records written to the file.
+        batches: successful write calls (each carries one or more records).
         dropped: records not kept: the queue was full, or the log was closed.
         write_failures: failed attempts to open, write or rotate the file.
         healthy: the last attempt succeeded (True before the first).
@@ -471,6 +481,8 @@ class AuditLog:
         self._queue: queue.SimpleQueue[AuditRecord | None] = queue.SimpleQueue()
         self._progress = threading.Condition()
         self._stopping = threading.Event()
+        self._hurry = threading.Event()  # set while someone waits for the writer
+        self.batches = 0
         self._fd: int | None = None
         self._identity: tuple[int, int] = (0, 0)
         self._size = 0
@@ -626,7 +638,11 @@ class AuditLog:
         """
         if self._thread is None:
             return True
-        return self.wait_until(lambda log: log.pending == 0, timeout)
+        self._hurry.set()
+        try:
+            return self.wait_until(lambda log: log.pending == 0, timeout)
+        finally:
+            self._hurry.clear()
 
     def close(self, timeout: float = 5.0) -> bool:
         """Flush, then stop the writer; later records are counted as dropped.
@@ -648,6 +664,7 @@ class AuditLog:
         self.flush(timeout)
         self._closed = True
         self._stopping.set()
+        self._hurry.set()
         self._queue.put(None)
         # A short grace even when the flush took the whole timeout: the writer is only waiting.
         thread.join(max(deadline - _time.monotonic(), 0.2))
@@ -682,6 +699,7 @@ class AuditLog:
         delay = _RETRY_MIN
         stopping = False
         get = self._queue.get
+        batch_delay = self.settings.batch_delay
         while True:
             if not lines and not stopping and self._fd is not None:
                 item = get()  # idle with the file open: sleep until a record or close()
@@ -689,6 +707,10 @@ class AuditLog:
                     stopping = True
                 else:
                     lines.append(_line(item))
+                    if batch_delay:
+                        # Let the rest of a burst queue up: puts while nobody waits on the
+                        # queue wake no thread. flush() and close() cut the wait short.
+                        self._hurry.wait(batch_delay)
             while len(lines) < _BATCH:
                 try:
                     item = get(block=False)
@@ -700,6 +722,7 @@ class AuditLog:
                     lines.append(_line(item))
             if stopping and not lines:
                 return
+            batch = len(lines)
             try:
                 self._write(lines)
             except OSError as exc:
@@ -714,6 +737,8 @@ class AuditLog:
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             self.healthy = True
+            if batch:
+                self.batches += 1
             delay = _RETRY_MIN
             self._notify()
 

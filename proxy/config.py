@@ -318,6 +318,7 @@ class AuditConfig:
     truncate_v4: int = field(default=24, metadata=_check(_prefix(32)))
     truncate_v6: int = field(default=48, metadata=_check(_prefix(128)))
     queue_max: int = field(default=100_000, metadata=_check(_at_least(1)))
+    batch_delay: float = field(default=0.005, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True, slots=True)

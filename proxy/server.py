@@ -157,6 +157,7 @@ def open_audit(config: Config) -> AuditLog:
         path=audit.path, max_bytes=audit.max_bytes, keep=audit.keep,
         pseudonymise=audit.pseudonymise, key=key, truncate_v4=audit.truncate_v4,
         truncate_v6=audit.truncate_v6, queue_max=audit.queue_max,
+        batch_delay=audit.batch_delay,
     ))
     if audit.path is not None and audit.pseudonymise and key is None:
         log.warning("audit.key_file is not set: participant pseudonyms use a random key and "

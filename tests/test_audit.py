@@ -380,6 +380,9 @@ def test_log_truncates_addresses(tmp_path: Path, make_log: MakeLog) -> None:
         ({"truncate_v6": 129}, "truncate_v6"),
         ({"truncate_v6": True}, "truncate_v6: True is not an integer"),
         ({"queue_max": 0}, "queue_max"),
+        ({"batch_delay": -0.1}, "batch_delay: -0.1 is not a number of seconds from 0 to 60"),
+        ({"batch_delay": 61}, "batch_delay: 61"),
+        ({"batch_delay": True}, "batch_delay: True"),
         ({"pseudonymise": 1}, "pseudonymise"),
         ({"key": "secret-text-of-enough-length"}, "key: a str is not bytes"),
         ({"key": b"short"}, "key: 5 bytes is too short"),
@@ -571,6 +574,29 @@ def test_close_flushes_and_stops(tmp_path: Path, make_log: MakeLog) -> None:
     assert deny(log) is None
     assert log.dropped == 1 and log.written == 100
     assert log.close(WAIT)  # twice is fine
+
+
+def test_a_burst_is_written_in_one_batch(tmp_path: Path, make_log: MakeLog) -> None:
+    """The writer waits batch_delay after a record: a burst costs one wake-up and one write."""
+    path = tmp_path / "audit.jsonl"
+    log = make_log(path, batch_delay=0.5)
+    for n in range(100):
+        deny(log, participant=f"p{n}")
+    assert log.wait_until(lambda log: log.written == 100, WAIT)  # no flush: it cuts the wait
+    assert log.batches == 1
+    assert len(lines(path)) == 100
+
+
+def test_flush_and_close_cut_the_batch_delay_short(tmp_path: Path, make_log: MakeLog) -> None:
+    """A long batch_delay never holds up flush() or close(): both return within their timeout."""
+    path = tmp_path / "audit.jsonl"
+    log = make_log(path, batch_delay=60)
+    deny(log)
+    assert log.flush(WAIT)
+    assert len(lines(path)) == 1
+    deny(log)
+    assert log.close(WAIT)
+    assert len(lines(path)) == 2
 
 
 def test_close_gives_up_on_a_failing_disk(tmp_path: Path, make_log: MakeLog) -> None:
