@@ -72,13 +72,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import bisect
 import collections
 import contextlib
 import enum
 import gc
-import hashlib
 import os
 import re
 import secrets
@@ -104,7 +102,6 @@ from loadtests.bench_relay import (
     sources_digest,
 )
 from loadtests.wsclient import (
-    HANDSHAKE_KEY,
     MIN_ECHO_SIZE,
     Endpoint,
     FrameReader,
@@ -112,6 +109,7 @@ from loadtests.wsclient import (
     echo_payload,
     encode_client_frame,
     join_payload,
+    read_upgrade_head,
 )
 
 __all__ = [
@@ -175,10 +173,6 @@ _SAMPLE_INTERVAL: Final = 0.01
 #: returns at once and the sender would spin, taking the load CPU from everyone else.
 _ECHO_TICK: Final = 0.002
 
-# RFC 6455 section 1.3 / 4.1: the accept value every upgrade response must carry for our key.
-_ACCEPT: Final = base64.b64encode(
-    hashlib.sha1(HANDSHAKE_KEY.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
-)
 _MAX_HEAD: Final = 16384
 _TEXT: Final = 0x1
 _CLOSE: Final = 0x8
@@ -828,19 +822,20 @@ class Peer(FrameReader):
     def _upgrade(self, data: bytes) -> bytes:
         """Read the upgrade response; return the bytes after it, or b"" until it is whole."""
         head = self._head + data if self._head else data
-        end = head.find(b"\r\n\r\n")
-        if end < 0:
+        answer = read_upgrade_head(head)
+        if answer is None:
             if len(head) > _MAX_HEAD:
                 self._fail(LoadError("upgrade response too long"))
             else:
                 self._head = head
             return b""
         self._head = b""
-        status = head[: head.find(b"\r\n")]
-        if not status.startswith(b"HTTP/1.1 101"):
-            self._fail(LoadError(f"upgrade refused: {status.decode('latin-1')}"))
+        status, end, accepted = answer
+        if status != 101:
+            line = head[: head.find(b"\r\n")]
+            self._fail(LoadError(f"upgrade refused: {line.decode('latin-1')}"))
             return b""
-        if _ACCEPT not in head[:end]:
+        if not accepted:
             self._fail(LoadError("upgrade response without the expected Sec-WebSocket-Accept"))
             return b""
         self.stage = _JOINING
