@@ -21,13 +21,13 @@ import enum
 import ipaddress
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.config import build_strict, read_toml
+from proxy.config import at_least, build_strict, check, non_negative, positive, read_toml
 
 __all__ = [
     "ActionKind",
@@ -102,31 +102,9 @@ class ReloadMode(enum.StrEnum):
 # Field checks: each raises ValueError naming the expected form.
 
 
-def _positive(value: float) -> None:
-    if value <= 0:
-        raise ValueError("expected a number greater than 0")
-
-
-def _non_negative(value: float) -> None:
-    if value < 0:
-        raise ValueError("expected a number of 0 or more")
-
-
 def _fraction(value: float) -> None:
     if not 0 <= value <= 1:
         raise ValueError("expected a fraction from 0 to 1")
-
-
-def _at_least(minimum: int) -> Callable[[int], None]:
-    def check(value: int) -> None:
-        if value < minimum:
-            raise ValueError(f"expected a whole number of at least {minimum}")
-
-    return check
-
-
-def _check(fn: Callable[[Any], None]) -> dict[str, Any]:
-    return {"check": fn}
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +209,7 @@ class TargetSpec:
 class ParticipantsSpec:
     """How many participants take part and how long each stays once admitted."""
 
-    count: int = field(default=100, metadata=_check(_at_least(1)))
+    count: int = field(default=100, metadata=check(at_least(1)))
     stay: Range = Range(10.0, 10.0)
     id_prefix: str = "p"
 
@@ -245,10 +223,10 @@ class MeetingGroup:
     """
 
     name: str
-    count: int = field(default=1, metadata=_check(_at_least(1)))
-    share: float = field(default=1.0, metadata=_check(_positive))
+    count: int = field(default=1, metadata=check(at_least(1)))
+    share: float = field(default=1.0, metadata=check(positive))
     spread: Spread = Spread.EVEN
-    zipf_s: float = field(default=1.0, metadata=_check(_positive))
+    zipf_s: float = field(default=1.0, metadata=check(positive))
 
     def __post_init__(self) -> None:
         if self.count > 1 and "{n}" not in self.name:
@@ -276,7 +254,7 @@ class RegionPool:
 
     name: str
     networks: tuple[Network, ...]
-    share: float = field(default=1.0, metadata=_check(_positive))
+    share: float = field(default=1.0, metadata=check(positive))
     forwarded: bool = False
     region: str | None = None
 
@@ -314,11 +292,11 @@ class ArrivalSpec:
     rate: float | None = None
     rate_end: float | None = None
     poisson: bool = False
-    spike_at: float = field(default=0.0, metadata=_check(_non_negative))
-    spike_width: float = field(default=1.0, metadata=_check(_positive))
-    spike_fraction: float = field(default=0.5, metadata=_check(_fraction))
+    spike_at: float = field(default=0.0, metadata=check(non_negative))
+    spike_width: float = field(default=1.0, metadata=check(positive))
+    spike_fraction: float = field(default=0.5, metadata=check(_fraction))
     trace: Path | None = None
-    speed: float = field(default=1.0, metadata=_check(_positive))
+    speed: float = field(default=1.0, metadata=check(positive))
 
     def __post_init__(self) -> None:
         for name in ("duration", "rate", "rate_end"):
@@ -346,9 +324,9 @@ class SignalSpec:
             whose return times the signal round trip; 0 disables.
     """
 
-    interval: float = field(default=0.0, metadata=_check(_non_negative))
+    interval: float = field(default=0.0, metadata=check(non_negative))
     size: Range = Range(100.0, 100.0)
-    round_trip_every: int = field(default=1, metadata=_check(_at_least(0)))
+    round_trip_every: int = field(default=1, metadata=check(at_least(0)))
 
     @property
     def enabled(self) -> bool:
@@ -360,9 +338,9 @@ class SignalSpec:
 class WaveSpec:
     """A mass reconnect: at ``at``, a fraction of connected participants drop and rejoin."""
 
-    at: float = field(metadata=_check(_non_negative))
-    fraction: float = field(default=1.0, metadata=_check(_fraction))
-    spread: float = field(default=1.0, metadata=_check(_non_negative))
+    at: float = field(metadata=check(non_negative))
+    fraction: float = field(default=1.0, metadata=check(_fraction))
+    spread: float = field(default=1.0, metadata=check(non_negative))
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,11 +357,11 @@ class ReconnectSpec:
         wave: mass reconnect waves.
     """
 
-    probability: float = field(default=0.0, metadata=_check(_fraction))
+    probability: float = field(default=0.0, metadata=check(_fraction))
     delay: Range = Range(0.2, 1.0)
-    retries: int = field(default=0, metadata=_check(_at_least(0)))
-    backoff: float = field(default=0.5, metadata=_check(_positive))
-    backoff_max: float = field(default=5.0, metadata=_check(_positive))
+    retries: int = field(default=0, metadata=check(at_least(0)))
+    backoff: float = field(default=0.5, metadata=check(positive))
+    backoff_max: float = field(default=5.0, metadata=check(positive))
     message: str = "resume"
     wave: tuple[WaveSpec, ...] = ()
 
@@ -406,7 +384,7 @@ class ActionSpec:
         label: a name for reports and plots.
     """
 
-    at: float = field(metadata=_check(_non_negative))
+    at: float = field(metadata=check(non_negative))
     kind: ActionKind = ActionKind.RESTRICTIONS
     file: Path | None = None
     reload: ReloadMode = ReloadMode.WATCH
@@ -436,10 +414,10 @@ class CheckSpec:
     """
 
     restrictions: Path | None = None
-    join_timeout: float = field(default=10.0, metadata=_check(_positive))
-    eviction_timeout: float = field(default=5.0, metadata=_check(_positive))
-    reload_grace: float = field(default=5.0, metadata=_check(_non_negative))
-    max_errors: int = field(default=0, metadata=_check(_at_least(0)))
+    join_timeout: float = field(default=10.0, metadata=check(positive))
+    eviction_timeout: float = field(default=5.0, metadata=check(positive))
+    reload_grace: float = field(default=5.0, metadata=check(non_negative))
+    max_errors: int = field(default=0, metadata=check(at_least(0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,10 +441,10 @@ class GeneratorSpec:
             would show as proxy latency).
     """
 
-    workers: int = field(default=1, metadata=_check(_at_least(1)))
+    workers: int = field(default=1, metadata=check(at_least(1)))
     cpus: tuple[int, ...] = ()
     forwarded_sources: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.2/32"),)
-    max_lag_ms: float = field(default=50.0, metadata=_check(_positive))
+    max_lag_ms: float = field(default=50.0, metadata=check(positive))
     gc: bool = False
 
     def __post_init__(self) -> None:
@@ -489,8 +467,8 @@ class RunSpec:
 
     seed: int = 1
     duration: float | None = None
-    start_delay: float = field(default=4.0, metadata=_check(_non_negative))
-    drain_timeout: float = field(default=10.0, metadata=_check(_positive))
+    start_delay: float = field(default=4.0, metadata=check(non_negative))
+    drain_timeout: float = field(default=10.0, metadata=check(positive))
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,14 +488,14 @@ class CapacitySpec:
         p99_ms: the p99 time-to-admitted a sustainable rate keeps under.
     """
 
-    start_rate: float = field(default=100.0, metadata=_check(_positive))
-    max_rate: float = field(default=5000.0, metadata=_check(_positive))
-    duration: float = field(default=6.0, metadata=_check(_positive))
+    start_rate: float = field(default=100.0, metadata=check(positive))
+    max_rate: float = field(default=5000.0, metadata=check(positive))
+    duration: float = field(default=6.0, metadata=check(positive))
     stay: Range | None = None
-    precision: float = field(default=0.1, metadata=_check(_positive))
-    max_trials: int = field(default=10, metadata=_check(_at_least(1)))
-    repeats: int = field(default=1, metadata=_check(_at_least(1)))
-    p99_ms: float = field(default=250.0, metadata=_check(_positive))
+    precision: float = field(default=0.1, metadata=check(positive))
+    max_trials: int = field(default=10, metadata=check(at_least(1)))
+    repeats: int = field(default=1, metadata=check(at_least(1)))
+    p99_ms: float = field(default=250.0, metadata=check(positive))
 
 
 @dataclass(frozen=True, slots=True)

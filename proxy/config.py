@@ -56,12 +56,16 @@ __all__ = [
     "Snapshot",
     "UpstreamConfig",
     "UrlProtocolConfig",
+    "at_least",
     "build_strict",
+    "check",
     "load_config",
     "load_restrictions",
     "load_snapshot",
+    "non_negative",
     "parse_overrides",
     "parse_restriction",
+    "positive",
     "read_toml",
 ]
 
@@ -70,6 +74,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # --------------------------------------------------------------------------------------------------
 # Field validators: each takes the converted value and raises ValueError with the expected form.
+# ``check`` puts one in a field's metadata for build_strict; the load tester's scenarios use the
+# same vocabulary.
 
 
 def _port(value: int) -> None:
@@ -77,17 +83,21 @@ def _port(value: int) -> None:
         raise ValueError("expected a TCP port from 0 to 65535 (0 picks a free port)")
 
 
-def _positive(value: float) -> None:
+def positive(value: float) -> None:
+    """Field check: a number greater than 0."""
     if value <= 0:
         raise ValueError("expected a number greater than 0")
 
 
-def _non_negative(value: float) -> None:
+def non_negative(value: float) -> None:
+    """Field check: a number of 0 or more."""
     if value < 0:
         raise ValueError("expected a number of 0 or more")
 
 
-def _at_least(minimum: int) -> Callable[[int], None]:
+def at_least(minimum: int) -> Callable[[int], None]:
+    """Field check: a whole number of at least ``minimum``."""
+
     def check(value: int) -> None:
         if value < minimum:
             raise ValueError(f"expected a whole number of at least {minimum}")
@@ -120,7 +130,8 @@ def _header_name(value: str) -> None:
         raise ValueError("expected an HTTP header name (RFC 9110 token)")
 
 
-def _check(fn: Callable[[Any], None]) -> dict[str, Any]:
+def check(fn: Callable[[Any], None]) -> dict[str, Any]:
+    """A field's metadata that makes build_strict run ``fn`` on its converted value."""
     return {"check": fn}
 
 
@@ -144,8 +155,8 @@ class ListenConfig:
     """Where participants connect."""
 
     host: str = "127.0.0.1"
-    port: int = field(default=8080, metadata=_check(_port))
-    backlog: int = field(default=4096, metadata=_check(_at_least(1)))
+    port: int = field(default=8080, metadata=check(_port))
+    backlog: int = field(default=4096, metadata=check(at_least(1)))
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
@@ -158,8 +169,8 @@ class ListenConfig:
 class UpstreamConfig:
     """The signaling server admitted participants are relayed to."""
 
-    url: str = field(default="ws://127.0.0.1:8090/", metadata=_check(_ws_url))
-    connect_timeout: float = field(default=5.0, metadata=_check(_positive))
+    url: str = field(default="ws://127.0.0.1:8090/", metadata=check(_ws_url))
+    connect_timeout: float = field(default=5.0, metadata=check(positive))
     ca_file: Path | None = None
     forward_path: bool = True
     pass_headers: tuple[str, ...] = field(
@@ -191,8 +202,8 @@ class GeoIPConfig:
     database: Path = Path("../build/demo-geoip.mmdb")
     anonymous_database: Path | None = None
     lookup_private: bool = False
-    cache_size: int = field(default=65536, metadata=_check(_at_least(0)))
-    watch_interval: float = field(default=2.0, metadata=_check(_positive))
+    cache_size: int = field(default=65536, metadata=check(at_least(0)))
+    watch_interval: float = field(default=2.0, metadata=check(positive))
     override: tuple[GeoIPOverride, ...] = ()
 
     def overrides(self) -> tuple[tuple[Network, Location], ...]:
@@ -258,9 +269,9 @@ class UrlProtocolConfig:
 class JanusProtocolConfig:
     """The ``janus`` adapter: VideoRoom rooms are meetings, a Janus session is the participant."""
 
-    reclaim_timeout: float = field(default=0.0, metadata=_check(_non_negative))
-    max_sessions: int = field(default=10_000, metadata=_check(_at_least(1)))
-    transaction_timeout: float = field(default=60.0, metadata=_check(_positive))
+    reclaim_timeout: float = field(default=0.0, metadata=check(non_negative))
+    max_sessions: int = field(default=10_000, metadata=check(at_least(1)))
+    transaction_timeout: float = field(default=60.0, metadata=check(positive))
     plugins: tuple[str, ...] = ("janus.plugin.videoroom",)
 
 
@@ -285,15 +296,15 @@ class ProtocolConfig:
 class LimitsConfig:
     """Every bound the proxy enforces, with its default."""
 
-    max_connections: int = field(default=20000, metadata=_check(_at_least(1)))
-    max_message_bytes: int = field(default=1 << 20, metadata=_check(_at_least(125)))
-    max_header_bytes: int = field(default=16384, metadata=_check(_at_least(1024)))
-    handshake_timeout: float = field(default=10.0, metadata=_check(_positive))
-    join_timeout: float = field(default=10.0, metadata=_check(_positive))
-    idle_timeout: float = field(default=300.0, metadata=_check(_positive))
-    write_buffer_bytes: int = field(default=256 * 1024, metadata=_check(_at_least(4096)))
-    retry_window: float = field(default=2.0, metadata=_check(_non_negative))
-    decision_cache_size: int = field(default=65536, metadata=_check(_at_least(0)))
+    max_connections: int = field(default=20000, metadata=check(at_least(1)))
+    max_message_bytes: int = field(default=1 << 20, metadata=check(at_least(125)))
+    max_header_bytes: int = field(default=16384, metadata=check(at_least(1024)))
+    handshake_timeout: float = field(default=10.0, metadata=check(positive))
+    join_timeout: float = field(default=10.0, metadata=check(positive))
+    idle_timeout: float = field(default=300.0, metadata=check(positive))
+    write_buffer_bytes: int = field(default=256 * 1024, metadata=check(at_least(4096)))
+    retry_window: float = field(default=2.0, metadata=check(non_negative))
+    decision_cache_size: int = field(default=65536, metadata=check(at_least(0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +313,7 @@ class AdminConfig:
 
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = field(default=8081, metadata=_check(_port))
+    port: int = field(default=8081, metadata=check(_port))
     token_file: Path | None = None
 
 
@@ -311,30 +322,30 @@ class AuditConfig:
     """The audit trail: one JSON line per decision, rotated by size."""
 
     path: Path | None = None
-    max_bytes: int = field(default=64 * 1024 * 1024, metadata=_check(_at_least(4096)))
-    keep: int = field(default=10, metadata=_check(_at_least(1)))
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata=check(at_least(4096)))
+    keep: int = field(default=10, metadata=check(at_least(1)))
     pseudonymise: bool = True
     key_file: Path | None = None
-    truncate_v4: int = field(default=24, metadata=_check(_prefix(32)))
-    truncate_v6: int = field(default=48, metadata=_check(_prefix(128)))
-    queue_max: int = field(default=100_000, metadata=_check(_at_least(1)))
-    batch_delay: float = field(default=0.005, metadata=_check(_non_negative))
+    truncate_v4: int = field(default=24, metadata=check(_prefix(32)))
+    truncate_v6: int = field(default=48, metadata=check(_prefix(128)))
+    queue_max: int = field(default=100_000, metadata=check(at_least(1)))
+    batch_delay: float = field(default=0.005, metadata=check(non_negative))
 
 
 @dataclass(frozen=True, slots=True)
 class ReloadConfig:
     """How changes to files are noticed and applied to open sessions."""
 
-    watch_interval: float = field(default=1.0, metadata=_check(_positive))
-    eviction_batch: int = field(default=1024, metadata=_check(_at_least(1)))
+    watch_interval: float = field(default=1.0, metadata=check(positive))
+    eviction_batch: int = field(default=1024, metadata=check(at_least(1)))
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownConfig:
     """The ordered shutdown on SIGTERM or SIGINT."""
 
-    drain_period: float = field(default=0.0, metadata=_check(_non_negative))
-    timeout: float = field(default=10.0, metadata=_check(_positive))
+    drain_period: float = field(default=0.0, metadata=check(non_negative))
+    timeout: float = field(default=10.0, metadata=check(positive))
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +354,7 @@ class LoggingConfig:
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json: bool = False
-    decision_lines_per_second: float = field(default=50.0, metadata=_check(_positive))
+    decision_lines_per_second: float = field(default=50.0, metadata=check(positive))
 
 
 @dataclass(frozen=True, slots=True)
