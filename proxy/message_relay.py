@@ -250,8 +250,13 @@ class ConnectionRelay(Relay):
             current[meeting] = session
             self.register(session)
 
-    def remove_meeting(self, meeting: str, denial: Denial) -> None:
-        """A restriction now bars this participant from one room: take them out of it only."""
+    def remove_meeting(self, meeting: str, denial: Denial,
+                       wave: list[Callable[[], None]] | None = None) -> None:
+        """A restriction now bars this participant from one room: take them out of it only.
+
+        The room's leave goes upstream at once, also within an eviction ``wave``: the connection
+        may stay in other rooms, so it is not held.
+        """
         removal = self.conn.remove(meeting, denial.body)
         if removal.close:
             self.close(NOTICE_CLOSE_CODE, denial.reason,
@@ -261,9 +266,9 @@ class ConnectionRelay(Relay):
         self._to_client(removal.to_client)
         self.sync()
 
-    def evict(self, denial: Denial) -> None:
+    def evict(self, denial: Denial, wave: list[Callable[[], None]] | None = None) -> None:
         """Remove the participant from the room the denial names."""
-        self.remove_meeting(denial.decision.meeting, denial)
+        self.remove_meeting(denial.decision.meeting, denial, wave)
 
     def _finish(self) -> None:
         if self.session.close is not None:

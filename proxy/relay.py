@@ -345,6 +345,7 @@ class Relay:
     """
 
     __slots__ = (
+        "_held_leave",
         "_timer",
         "adapter",
         "client",
@@ -392,6 +393,7 @@ class Relay:
         for transport in (client, upstream):
             transport.set_write_buffer_limits(high=write_buffer)
         self._timer: asyncio.TimerHandle | None = None
+        self._held_leave: bytes | None = None  # upstream frames of an eviction wave, not yet sent
 
     def _directions(self, inspect: bool, max_message: int) -> tuple[Direction, Direction]:
         return (Direction(self, from_client=True, inspect=inspect, max_message=max_message),
@@ -418,7 +420,7 @@ class Relay:
     # ---- endings -------------------------------------------------------------------------------
 
     def close(self, code: int, reason: str, *, client_frames: bytes = b"",
-              upstream_frames: bytes = b"") -> None:
+              upstream_frames: bytes = b"", hold: bool = False) -> None:
         """End the session from the proxy: frames and a close to each leg, at frame boundaries.
 
         Args:
@@ -426,12 +428,15 @@ class Relay:
             reason: the close reason sent to the client.
             client_frames: frames sent to the client before the close (a notice).
             upstream_frames: masked frames sent upstream before the close (a leave message).
+            hold: stop forwarding upstream but send nothing there yet (an eviction wave's
+                :meth:`release_leave` sends it).
         """
         if self.ending is not None:
             return
         self.ending = reason
         self.down.inject(client_frames + close_frame(code, reason, mask=False))
-        self.up.inject(upstream_frames + close_frame(1000, "participant left", mask=True))
+        self.up.inject(b"" if hold else
+                       upstream_frames + close_frame(1000, "participant left", mask=True))
         self._set_timer(CLOSE_TIMEOUT, self._abort)
 
     def rejoin(self, join: Join) -> bool:
@@ -442,18 +447,46 @@ class Relay:
         self.evict(denial)
         return False
 
-    def evict(self, denial: Denial) -> None:
+    def evict(self, denial: Denial, wave: list[Callable[[], None]] | None = None) -> None:
         """Remove the participant: the notice and 4451 to the client, a leave upstream.
 
         The upstream gets the adapter's leave messages and then a normal close, so it announces
         the departure at once; everyone else's sessions are untouched.
+
+        Args:
+            denial: why the participant is removed.
+            wave: when given, the eviction is one of many: the client gets its notice and close
+                now and nothing more is forwarded upstream, while the upstream leave is held and
+                a callable sending it is appended to ``wave``, so that the caller can send every
+                notice of the wave before the upstream starts announcing departures. A held leave
+                is sent anyway when the client's leg ends first: the upstream leg is never left
+                without its leave.
         """
         leave = b"".join(
             encode_frame(_TEXT, message, mask=True)
             for message in self.adapter.leave_messages(self.session.join)
         )
-        self.close(NOTICE_CLOSE_CODE, denial.reason, client_frames=denial.notice,
-                   upstream_frames=leave)
+        if wave is None:
+            self.close(NOTICE_CLOSE_CODE, denial.reason, client_frames=denial.notice,
+                       upstream_frames=leave)
+            return
+        if self.ending is not None:
+            return
+        self._held_leave = leave + close_frame(1000, "participant left", mask=True)
+        self.close(NOTICE_CLOSE_CODE, denial.reason, client_frames=denial.notice, hold=True)
+        wave.append(self.release_leave)
+
+    def release_leave(self) -> None:
+        """Send the upstream leave an eviction wave held back (nothing when already sent)."""
+        frames = self._held_leave
+        if frames is None:
+            return
+        self._held_leave = None
+        up = self.up
+        if up._inject is not None:
+            up._inject = frames  # the client is mid-frame: the leave follows at its boundary
+        elif self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.write(frames)
 
     def fail(self, direction: Direction, exc: ClientError) -> None:
         """A protocol fault on one leg: close the client with the fault's code."""
@@ -475,6 +508,8 @@ class Relay:
         to the upstream for a vanished client, 1014 to the client for a failed upstream.
         """
         direction.src = None
+        if self._held_leave is not None:
+            self.release_leave()  # the client left before its eviction wave's leaves went out
         transport = direction.dst
         if transport is not None and not transport.is_closing():
             if direction.remaining or (direction.stopped and direction._inject is not None):

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,10 +263,34 @@ class Reloader:
 
     async def _recheck(self, sessions: list[Session], trigger: str, started: float, *,
                        relocate: bool) -> ReloadOutcome:
-        """Re-decide sessions with the set in force; evict the barred, in bounded batches."""
+        """Re-decide sessions with the set in force; evict the barred, in bounded batches.
+
+        An eviction wave runs in two passes: every barred client gets its notice and close
+        first, with its upstream leave held, and only then do the leaves go upstream, so the
+        departures the upstream announces to everyone else do not delay the remaining notices.
+        """
+        state = self.state
+        batch = state.config.reload.eviction_batch
+        held: list[Callable[[], None]] = []
+        try:
+            counts = await self._evict_barred(sessions, held, started, relocate=relocate,
+                                              batch=batch)
+        finally:
+            for index, release in enumerate(held):
+                if index and index % batch == 0:
+                    await asyncio.sleep(0)
+                release()
+        rechecked, evicted, would, last_eviction = counts
+        return ReloadOutcome(True, trigger, str(state.snapshot.version), rechecked=rechecked,
+                             evicted=evicted, would_evict=would,
+                             seconds=last_eviction - started, time=time.time())
+
+    async def _evict_barred(self, sessions: list[Session], held: list[Callable[[], None]],
+                            started: float, *, relocate: bool,
+                            batch: int) -> tuple[int, int, int, float]:
+        """The first pass of :meth:`_recheck`: (re-checked, evicted, would-evict, last time)."""
         state = self.state
         admission = state.admission
-        batch = state.config.reload.eviction_batch
         rechecked = evicted = would = 0
         last_eviction = started
         for index, session in enumerate(sessions):
@@ -290,16 +314,14 @@ class Reloader:
                         self.observer.would_evict(rid)
             if denial is None:
                 continue
-            session.evict(denial)
+            session.evict(denial, held)
             evicted += 1
             rid = denial.restriction.id
             self.evictions[rid] = self.evictions.get(rid, 0) + 1
             last_eviction = time.monotonic()
             if self.observer is not None:
                 self.observer.evicted(rid, last_eviction - started)
-        return ReloadOutcome(True, trigger, str(state.snapshot.version), rechecked=rechecked,
-                             evicted=evicted, would_evict=would,
-                             seconds=last_eviction - started, time=time.time())
+        return rechecked, evicted, would, last_eviction
 
     # ---- window boundaries -------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ class Session:
         geo: how the address was placed.
         since: wall-clock time of admission (Unix seconds).
         close: closes the session's relay with a code and reason; set by the relay.
-        evict: removes the participant from the meeting, given the Denial; set by the relay.
+        evict: removes the participant from the meeting, given the Denial and optionally an
+            eviction wave (see :meth:`proxy.relay.Relay.evict`); set by the relay.
         abort: drops both legs at once (the end of a shutdown); set by the relay.
         relay: the relay while the session is open (for its counters).
     """
@@ -46,7 +47,7 @@ class Session:
     since: float
     id: int = field(default_factory=lambda: next(_ids))
     close: Callable[[int, str], None] | None = None
-    evict: Callable[[Any], None] | None = None
+    evict: Callable[..., None] | None = None
     abort: Callable[[], None] | None = None
     relay: Any = None
 

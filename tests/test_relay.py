@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import orjson
 
+from proxy.adapters.base import Join
+from proxy.admission import Denial
 from proxy.demo_upstream import DemoUpstream, EventKind
 from proxy.frames import Opcode, encode_close_payload, encode_frame
 from proxy.handshake import RequestParser, build_accept_response, validate_upgrade
@@ -233,3 +235,63 @@ async def test_batched_upstream_frames_pass_whole_with_boundaries_kept(
         client.close()
     finally:
         await upstream.close()
+
+
+def wave_denial(server: Server, participant: str) -> Denial:
+    """The denial a re-check would give ``participant`` in a memorial meeting (barred for CN)."""
+    session = next(s for s in server.state.registry if s.join.participant == participant)
+    denial, _ = server.state.admission.reevaluate(
+        Join("memorial-1", participant), session.address, session.geo)
+    assert denial is not None
+    return denial
+
+
+async def test_an_eviction_wave_holds_the_upstream_leave_until_released(
+        proxies: ProxyFactory, upstream: DemoUpstream) -> None:
+    """In a wave the client is told and closed at once; the upstream hears of it on release."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    barred = await RawClient.connect(server.port, "127.0.1.30", after_request=join("m", "a"))
+    await barred.recv_frame()
+    other, _ = await Participant.join(f"ws://127.0.0.1:{server.port}/", "m", "b")
+    wave: list[Callable[[], None]] = []
+    relay_of(server, "a").evict(wave_denial(server, "a"), wave)
+    opcode, message, _ = await barred.recv_frame()
+    if orjson.loads(message)["type"] == "participant-joined":  # b's arrival, before the wave
+        opcode, message, _ = await barred.recv_frame()
+    assert opcode == Opcode.TEXT and orjson.loads(message)["type"] == "geogate.denied"
+    assert (await barred.recv_close())[0] == 4451
+    assert len(wave) == 1
+    # The leave is held: an echo sent now comes back before any announcement of it.
+    await other.send({"type": "echo", "n": 1})
+    assert await other.recv() == {"type": "echo", "n": 1}
+    wave[0]()
+    left = await other.recv_until("participant-left")
+    assert left["participant"] == "a"
+    barred.send(barred.close_frame(4451))
+    await wait_until(lambda: not any(s.join.participant == "a" for s in server.state.registry))
+    await other.close()
+    barred.close()
+
+
+async def test_a_held_leave_goes_upstream_when_the_client_leaves_first(
+        proxies: ProxyFactory, upstream: DemoUpstream) -> None:
+    """A client gone before its wave's release still has its leave sent: no half-open leg."""
+    server = await proxies.start(upstream.url, RESTRICTIONS)
+    barred = await RawClient.connect(server.port, "127.0.1.30", after_request=join("m", "a"))
+    await barred.recv_frame()
+    other, _ = await Participant.join(f"ws://127.0.0.1:{server.port}/", "m", "b")
+    wave: list[Callable[[], None]] = []
+    relay_of(server, "a").evict(wave_denial(server, "a"), wave)
+    assert (await barred.recv_close())[0] == 4451
+    barred.send(barred.close_frame(4451))
+    left = await other.recv_until("participant-left")
+    assert left["participant"] == "a"
+    await wait_until(lambda: any(e.kind is EventKind.CLOSE and e.code == 1000
+                                 for e in upstream.events))
+    # The leave message itself went up (not only a close), then the normal close.
+    assert any(e.kind is EventKind.LEAVE and e.participant == "a" for e in upstream.events)
+    wave[0]()  # already sent: nothing more
+    await other.send({"type": "echo", "n": 2})
+    assert await other.recv() == {"type": "echo", "n": 2}
+    await other.close()
+    barred.close()
