@@ -40,12 +40,12 @@ import threading
 import time as _time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -100,6 +100,9 @@ class AuditEvent(StrEnum):
     """A dry-run restriction matched a participant in the meeting; nothing was done."""
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def format_rfc3339(when: float, *, milliseconds: bool = True) -> str:
     """Format Unix seconds as an RFC 3339 UTC date-time.
 
@@ -112,7 +115,12 @@ def format_rfc3339(when: float, *, milliseconds: bool = True) -> str:
     """
     if milliseconds:
         seconds, millis = divmod(round(when * 1000), 1000)
-        stamp = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds))
+        global _last_stamp
+        last_seconds, stamp = _last_stamp
+        if seconds != last_seconds:
+            # Records come in bursts within one second: format its date and time once.
+            stamp = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds))
+            _last_stamp = (seconds, stamp)
         return f"{stamp}.{millis:03d}Z"
     return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(math.floor(when)))
 
@@ -157,8 +165,24 @@ def _text(name: str, value: object) -> None:
         raise ValueError(f"{name}: {value!r} is not a non-empty string")
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
+class _AuditFields(NamedTuple):
+    time: float
+    event: AuditEvent
+    restriction: str | None
+    legal_basis: str | None
+    authority: str | None
+    reason: str | None
+    meeting: str
+    participant: str | None
+    region: str
+    resolved: str
+    address: str
+    geoip_build: int | None
+    config_version: str
+    kind: str
+
+
+class AuditRecord(_AuditFields):
     """One gating decision, as written to the audit trail.
 
     Attributes:
@@ -183,53 +207,58 @@ class AuditRecord:
         ValueError: a field has the wrong type or value; the message names it.
     """
 
-    time: float
-    event: AuditEvent
-    restriction: str | None
-    legal_basis: str | None
-    authority: str | None
-    reason: str | None
-    meeting: str
-    participant: str | None
-    region: str
-    resolved: str
-    address: str
-    geoip_build: int | None
-    config_version: str
-    kind: str
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        # Built on the event loop for every audited decision: type tests only.
-        when = self.time
-        if isinstance(when, bool) or not isinstance(when, int | float) or not 0 <= when < _MAX_TIME:
-            raise ValueError(f"time: {when!r} is not Unix seconds between 1970 and 9999")
-        if not isinstance(self.event, AuditEvent):
-            raise ValueError(f"event: {self.event!r} is not an AuditEvent")
-        if self.restriction is None:
-            if self.event is not AuditEvent.ADMIT:
-                raise ValueError(f"restriction: a {self.event.value} record must name one")
-            for name in ("legal_basis", "authority", "reason"):
-                if getattr(self, name) is not None:
+    def __new__(
+        cls,
+        time: float,
+        event: AuditEvent,
+        restriction: str | None,
+        legal_basis: str | None,
+        authority: str | None,
+        reason: str | None,
+        meeting: str,
+        participant: str | None,
+        region: str,
+        resolved: str,
+        address: str,
+        geoip_build: int | None,
+        config_version: str,
+        kind: str,
+    ) -> AuditRecord:
+        # Built on the event loop for every audited decision: type tests and a tuple only.
+        if isinstance(time, bool) or not isinstance(time, int | float) or not 0 <= time < _MAX_TIME:
+            raise ValueError(f"time: {time!r} is not Unix seconds between 1970 and 9999")
+        if not isinstance(event, AuditEvent):
+            raise ValueError(f"event: {event!r} is not an AuditEvent")
+        if restriction is None:
+            if event is not AuditEvent.ADMIT:
+                raise ValueError(f"restriction: a {event.value} record must name one")
+            for name, value in (("legal_basis", legal_basis), ("authority", authority),
+                                ("reason", reason)):
+                if value is not None:
                     raise ValueError(f"{name}: given without a restriction")
         else:
-            _text("restriction", self.restriction)
-        _optional_text("legal_basis", self.legal_basis)
-        _optional_text("authority", self.authority)
-        reason = self.reason
+            _text("restriction", restriction)
+        _optional_text("legal_basis", legal_basis)
+        _optional_text("authority", authority)
         if reason is not None and (not isinstance(reason, str) or reason not in _REASONS):
-            raise ValueError(f"reason: {self.reason!r} is not one of {sorted(_REASONS)}")
-        _text("meeting", self.meeting)
-        _optional_text("participant", self.participant)
-        _text("region", self.region)
-        if not isinstance(self.resolved, str) or self.resolved not in _RESOLUTIONS:
-            raise ValueError(f"resolved: {self.resolved!r} is not one of {sorted(_RESOLUTIONS)}")
-        _text("address", self.address)
-        build = self.geoip_build
-        if build is not None and (isinstance(build, bool) or not isinstance(build, int)):
-            raise ValueError(f"geoip_build: {build!r} is not an integer or null")
-        if not isinstance(self.config_version, str):
-            raise ValueError(f"config_version: {self.config_version!r} is not a string")
-        _text("kind", self.kind)
+            raise ValueError(f"reason: {reason!r} is not one of {sorted(_REASONS)}")
+        _text("meeting", meeting)
+        _optional_text("participant", participant)
+        _text("region", region)
+        if not isinstance(resolved, str) or resolved not in _RESOLUTIONS:
+            raise ValueError(f"resolved: {resolved!r} is not one of {sorted(_RESOLUTIONS)}")
+        _text("address", address)
+        if geoip_build is not None and (isinstance(geoip_build, bool)
+                                        or not isinstance(geoip_build, int)):
+            raise ValueError(f"geoip_build: {geoip_build!r} is not an integer or null")
+        if not isinstance(config_version, str):
+            raise ValueError(f"config_version: {config_version!r} is not a string")
+        _text("kind", kind)
+        return tuple.__new__(cls, (time, event, restriction, legal_basis, authority, reason,
+                                   meeting, participant, region, resolved, address, geoip_build,
+                                   config_version, kind))
 
     def to_json(self) -> bytes:
         """One JSON line (without the newline), keys always in the order of the fields.
@@ -433,7 +462,7 @@ def _line(record: AuditRecord) -> bytes:
             for name in _TEXT_FIELDS
             if isinstance(value := getattr(record, name), str)
         }
-        return replace(record, **fixed).to_json() + b"\n"
+        return AuditRecord(**{**record._asdict(), **fixed}).to_json() + b"\n"
 
 
 class AuditLog:

@@ -459,8 +459,8 @@ class Relay:
                 now and nothing more is forwarded upstream, while the upstream leave is held and
                 a callable sending it is appended to ``wave``, so that the caller can send every
                 notice of the wave before the upstream starts announcing departures. A held leave
-                is sent anyway when the client's leg ends first: the upstream leg is never left
-                without its leave.
+                is still sent when the client's leg ends first: the upstream leg stays open for
+                it, and is never closed without its leave.
         """
         leave = b"".join(
             encode_frame(_TEXT, message, mask=True)
@@ -508,9 +508,16 @@ class Relay:
         to the upstream for a vanished client, 1014 to the client for a failed upstream.
         """
         direction.src = None
-        if self._held_leave is not None:
-            self.release_leave()  # the client left before its eviction wave's leaves went out
         transport = direction.dst
+        if self._held_leave is not None:
+            if (direction.from_client and not direction.remaining and direction._inject is None
+                    and transport is not None and not transport.is_closing()):
+                # The client answered its eviction before the wave's leaves went out: the
+                # upstream leg stays open until release_leave sends the leave and the close
+                # (or the close timeout drops it).
+                self._finish()
+                return
+            self._held_leave = None
         if transport is not None and not transport.is_closing():
             if direction.remaining or (direction.stopped and direction._inject is not None):
                 transport.abort()  # mid-frame: no valid frame can follow

@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,15 @@ def test_rfc3339_parse_and_format() -> None:
     assert format_rfc3339(T0, milliseconds=False) == "2024-05-01T12:00:00Z"
     with pytest.raises(ValueError, match="'May 1st'"):
         parse_rfc3339("May 1st")
+
+
+@given(st.lists(st.floats(min_value=0, max_value=253402300799.0), min_size=1, max_size=20))
+def test_rfc3339_format_agrees_with_datetime_in_any_order(times: list[float]) -> None:
+    """The formatted second is remembered between calls; it never leaks into another second."""
+    for when in [*times, *sorted(times), *reversed(times)]:
+        seconds, millis = divmod(round(when * 1000), 1000)
+        expected = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert format_rfc3339(when) == f"{expected}.{millis:03d}Z"
 
 
 # --- pseudonyms and addresses ---------------------------------------------------------------

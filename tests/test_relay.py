@@ -275,21 +275,27 @@ async def test_an_eviction_wave_holds_the_upstream_leave_until_released(
 
 async def test_a_held_leave_goes_upstream_when_the_client_leaves_first(
         proxies: ProxyFactory, upstream: DemoUpstream) -> None:
-    """A client gone before its wave's release still has its leave sent: no half-open leg."""
+    """A client gone before its wave's release keeps its upstream leg open for the leave."""
     server = await proxies.start(upstream.url, RESTRICTIONS)
     barred = await RawClient.connect(server.port, "127.0.1.30", after_request=join("m", "a"))
     await barred.recv_frame()
     other, _ = await Participant.join(f"ws://127.0.0.1:{server.port}/", "m", "b")
     wave: list[Callable[[], None]] = []
-    relay_of(server, "a").evict(wave_denial(server, "a"), wave)
+    relay = relay_of(server, "a")
+    relay.evict(wave_denial(server, "a"), wave)
     assert (await barred.recv_close())[0] == 4451
     barred.send(barred.close_frame(4451))
+    await wait_until(lambda: not any(s.join.participant == "a" for s in server.state.registry))
+    assert relay.client.is_closing()
+    assert not relay.upstream.is_closing()  # held open for the wave's leave
+    wave[0]()
     left = await other.recv_until("participant-left")
     assert left["participant"] == "a"
     await wait_until(lambda: any(e.kind is EventKind.CLOSE and e.code == 1000
                                  for e in upstream.events))
     # The leave message itself went up (not only a close), then the normal close.
     assert any(e.kind is EventKind.LEAVE and e.participant == "a" for e in upstream.events)
+    await wait_until(relay.upstream.is_closing)
     wave[0]()  # already sent: nothing more
     await other.send({"type": "echo", "n": 2})
     assert await other.recv() == {"type": "echo", "n": 2}
