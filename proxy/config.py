@@ -337,7 +337,7 @@ class ReloadConfig:
     """How changes to files are noticed and applied to open sessions."""
 
     watch_interval: float = field(default=1.0, metadata=check(positive))
-    eviction_batch: int = field(default=1024, metadata=check(at_least(1)))
+    eviction_batch: int = field(default=256, metadata=check(at_least(1)))
 
 
 @dataclass(frozen=True, slots=True)
