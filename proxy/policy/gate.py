@@ -183,7 +183,7 @@ class RestrictionSet:
     _restrictions: tuple[Restriction, ...]
     _by_id: dict[str, Restriction]
     _exact: dict[str, _Candidates]
-    _globs: dict[str, tuple[tuple[Callable[[str], object], _Candidates], ...]]
+    _globs: dict[str, tuple[tuple[Callable[[str], object] | None, _Candidates], ...]]
     _prefix_lengths: tuple[int, ...]
     _every: _Candidates | None
     _boundaries: tuple[float, ...]
@@ -215,10 +215,13 @@ class RestrictionSet:
                     by_pattern.setdefault(pattern, []).append(restriction)
                 else:
                     exact.setdefault(pattern, []).append(restriction)
-        globs: dict[str, list[tuple[Callable[[str], object], _Candidates]]] = {}
+        globs: dict[str, list[tuple[Callable[[str], object] | None, _Candidates]]] = {}
         for pattern, named in by_pattern.items():
-            match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
-            globs.setdefault(glob_prefix(pattern), []).append((match, _compile(named)))
+            prefix = glob_prefix(pattern)
+            # "prefix*" matches whatever follows its prefix: no pattern match is needed (None).
+            match = None if pattern == f"{prefix}*" else re.compile(
+                fnmatch.translate(pattern), re.DOTALL).match
+            globs.setdefault(prefix, []).append((match, _compile(named)))
         boundaries = {
             bound
             for restriction in ordered
@@ -298,7 +301,7 @@ class RestrictionSet:
                 entries = globs.get(meeting[:prefix_length])
                 if entries is not None:
                     for match, table in entries:
-                        if match(meeting) is not None:
+                        if match is None or match(meeting) is not None:
                             found = _apply(table, found, location, address, now)
         if self._every is not None:
             found = _apply(self._every, found, location, address, now)
@@ -331,7 +334,8 @@ class RestrictionSet:
             if prefix_length > length:
                 break
             entries = self._globs.get(meeting[:prefix_length])
-            if entries is not None and any(match(meeting) is not None for match, _ in entries):
+            if entries is not None and any(match is None or match(meeting) is not None
+                                           for match, _ in entries):
                 return True
         return False
 
