@@ -577,6 +577,9 @@ _NOT_GLOBAL: _PrefixMap[bool] = _PrefixMap(
         "ff00::/8",
     )
 )
+# The first octets of its IPv4 ranges: a public IPv4 address is ruled out without a call.
+_NOT_GLOBAL_V4_OCTETS = _NOT_GLOBAL._v4_octets
+_NO_RECORD = Resolution.NO_RECORD
 
 try:  # the C reader (libmaxminddb), ~10x faster than the pure Python one
     from maxminddb import extension as _extension
@@ -711,7 +714,7 @@ class GeoResolver:
         self._order: deque[int] = deque()
         self._has_overrides = bool(self._overrides)
         self._locations: dict[tuple[str | None, str | None, bool], Location] = {}
-        self._results: dict[tuple[bool, int, int, bool], GeoResult] = {}
+        self._results: dict[int, GeoResult] = {}
         self._private = GeoResult(UNKNOWN, Resolution.PRIVATE, None)
         self._no_record = {
             False: GeoResult(UNKNOWN, Resolution.NO_RECORD, None),
@@ -765,12 +768,13 @@ class GeoResolver:
         """
         self.lookups += 1
         value = int(address)
-        key = value | _V4_KEY if isinstance(address, IPv4Address) else value
+        v4 = isinstance(address, IPv4Address)
+        key = value | _V4_KEY if v4 else value
         cached = self._cache.get(key)
         if cached is not None:
             self.cache_hits += 1
             return cached
-        result = self._resolve(address, value)
+        result = self._resolve(address, value, v4)
         if result is None:
             return self._failed
         if self._cache_size:
@@ -780,8 +784,7 @@ class GeoResolver:
             self._order.append(key)
         return result
 
-    def _resolve(self, address: Address, value: int) -> GeoResult | None:
-        v4 = isinstance(address, IPv4Address)
+    def _resolve(self, address: Address, value: int, v4: bool) -> GeoResult | None:
         if not v4 and value >> 32 == _MAPPED_HIGH:
             value &= 0xFFFFFFFF
             address = IPv4Address(value)
@@ -790,7 +793,8 @@ class GeoResolver:
             override = self._overrides.get(v4, value)
             if override is not None:
                 return override
-        if not self._lookup_private and _NOT_GLOBAL.get(v4, value) is not None:
+        if (not self._lookup_private and (not v4 or value >> 24 in _NOT_GLOBAL_V4_OCTETS)
+                and _NOT_GLOBAL.get(v4, value) is not None):
             return self._private
         database = self._main
         if database.ipv4_only and not v4:
@@ -810,14 +814,16 @@ class GeoResolver:
         # Every address of one database network has the same record: one result is shared per
         # network, and a network seen before skips reading the record and building the result.
         shift = (32 if v4 else 128) - prefix_len
-        key = (v4, prefix_len, value >> shift if shift >= 0 else value, anonymous)
+        # One int per (network, prefix length, family, anonymous): cheaper to hash than a tuple.
+        key = ((value >> shift if shift >= 0 else value) << 10 | prefix_len << 2
+               | v4 << 1 | anonymous)
         result = self._results.get(key)
         if result is None:
             result = self._read_record(record, v4, value, prefix_len, anonymous)
             if len(self._results) >= _SHARED_RESULTS:
                 self._results.clear()
             self._results[key] = result
-        if result.how is Resolution.NO_RECORD:
+        if result.how is _NO_RECORD:
             self.no_record += 1
         return result
 
