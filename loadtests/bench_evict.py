@@ -104,12 +104,11 @@ from loadtests.bench_relay import (
 from loadtests.wsclient import (
     MIN_ECHO_SIZE,
     Endpoint,
-    FrameReader,
     LoadError,
+    UpgradingClient,
     echo_payload,
     encode_client_frame,
     join_payload,
-    read_upgrade_head,
 )
 
 __all__ = [
@@ -173,11 +172,9 @@ _SAMPLE_INTERVAL: Final = 0.01
 #: returns at once and the sender would spin, taking the load CPU from everyone else.
 _ECHO_TICK: Final = 0.002
 
-_MAX_HEAD: Final = 16384
 _TEXT: Final = 0x1
 _CLOSE: Final = 0x8
 _PING: Final = 0x9
-_PONG: Final = 0xA
 # Server messages, recognised by their first bytes: the demo server and the proxy both write
 # compact JSON (orjson) with "type" as the first key.
 _JOINED: Final = b'{"type":"joined"'
@@ -696,7 +693,7 @@ class EchoDriver:
         return True
 
 
-class Peer(FrameReader):
+class Peer(UpgradingClient):
     """One participant's connection: upgrade, join, then count what arrives.
 
     Args:
@@ -719,12 +716,7 @@ class Peer(FrameReader):
     """
 
     __slots__ = (
-        "_abort_timer",
         "_echo_frame",
-        "_head",
-        "_join_frame",
-        "_mask",
-        "_request",
         "close_at",
         "close_code",
         "close_reason",
@@ -737,32 +729,23 @@ class Peer(FrameReader):
         "notice_ok",
         "notices",
         "other",
-        "ready",
         "seat",
         "sent",
         "stage",
         "tally",
-        "transport",
     )
 
     def __init__(self, seat: Seat, endpoint: Endpoint, tally: Tally, echo_size: int = 100) -> None:
-        loop = asyncio.get_running_loop()
         mask = os.urandom(4)
+        super().__init__(endpoint.request,
+                         encode_client_frame(_TEXT, join_payload(seat.meeting, seat.participant),
+                                             mask),
+                         mask)
         self.seat = seat
         self.tally = tally
-        self._mask = mask
-        self._request = endpoint.request
-        self._join_frame = encode_client_frame(
-            _TEXT, join_payload(seat.meeting, seat.participant), mask
-        )
         self._echo_frame = encode_client_frame(_TEXT, echo_payload(echo_size), mask)
-        self._head = b""
-        super().__init__()
-        self._abort_timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.Transport | None = None
         self.stage = _UPGRADING
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.gone: asyncio.Future[None] = loop.create_future()
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.joined = self.left = self.notices = self.other = 0
         self.notice_at = self.close_at = self.lost_at = 0.0
         self.notice_ok = False
@@ -772,18 +755,6 @@ class Peer(FrameReader):
         self.sent: collections.deque[float] = collections.deque()
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        if self.stage is _UPGRADING:
-            data = self._upgrade(data)
-            if not data:
-                return
-        self.read_frames(data)
 
     def frame(self, first: int, data: bytes, start: int, end: int) -> bool:
         opcode = first & 0x0F
@@ -795,19 +766,11 @@ class Peer(FrameReader):
             self.other += 1  # binary or fragmented: neither server sends any here
         return True
 
-    def frame_error(self, detail: str) -> None:
-        self._fail(LoadError(detail))
-
-    def eof_received(self) -> bool | None:
-        return None  # the server closed its side: close ours too (connection_lost follows)
-
     def connection_lost(self, exc: Exception | None) -> None:
         stage = self.stage
         self.stage = _CLOSED
         self.lost_at = time.monotonic()
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
-            self._abort_timer = None
+        self._cancel_abort()
         if self.sent and self.driver is not None:
             self.driver.dropped(len(self.sent))
             self.sent.clear()
@@ -819,29 +782,8 @@ class Peer(FrameReader):
 
     # ---- frames --------------------------------------------------------------------------------
 
-    def _upgrade(self, data: bytes) -> bytes:
-        """Read the upgrade response; return the bytes after it, or b"" until it is whole."""
-        head = self._head + data if self._head else data
-        answer = read_upgrade_head(head)
-        if answer is None:
-            if len(head) > _MAX_HEAD:
-                self._fail(LoadError("upgrade response too long"))
-            else:
-                self._head = head
-            return b""
-        self._head = b""
-        status, end, accepted = answer
-        if status != 101:
-            line = head[: head.find(b"\r\n")]
-            self._fail(LoadError(f"upgrade refused: {line.decode('latin-1')}"))
-            return b""
-        if not accepted:
-            self._fail(LoadError("upgrade response without the expected Sec-WebSocket-Accept"))
-            return b""
+    def joining(self) -> None:
         self.stage = _JOINING
-        assert self.transport is not None
-        self.transport.write(self._join_frame)
-        return head[end + 4 :]
 
     def _message(self, data: bytes, start: int, end: int) -> None:
         """A complete text message arrived: recognise it by its first bytes."""
@@ -876,10 +818,8 @@ class Peer(FrameReader):
         # CLOSING: the rest of the stream after the server's close frame is ignored.
 
     def _control(self, opcode: int, payload: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
         if opcode == _PING:
-            transport.write(encode_client_frame(_PONG, payload, self._mask))
+            self._pong(payload)
         elif opcode == _CLOSE:
             if self.stage is _CLOSING or self.stage is _CLOSED:
                 return  # the answer to our own close: the server ends the TCP connection next
@@ -889,9 +829,8 @@ class Peer(FrameReader):
             self.close_at = now
             was_open = self.stage is _OPEN
             # Echo the status code (RFC 6455 section 5.5.1), then wait for the server's FIN.
-            transport.write(encode_client_frame(_CLOSE, payload[:2], self._mask))
             self.stage = _CLOSING
-            self._arm_abort()
+            self._send_close(payload[:2], _CLOSE_TIMEOUT)
             if self.sent and self.driver is not None:
                 self.driver.dropped(len(self.sent))
                 self.sent.clear()
@@ -902,15 +841,6 @@ class Peer(FrameReader):
                     f"closed by the server with code {self.close_code}: {self.close_reason}"
                 ))
         # Pongs are ignored (we never ping).
-
-    def _fail(self, exc: LoadError) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(exc)
-        self.abort()
-
-    def _arm_abort(self) -> None:
-        if self._abort_timer is None and self.transport is not None:
-            self._abort_timer = asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT, self.abort)
 
     # ---- control -------------------------------------------------------------------------------
 
@@ -925,17 +855,11 @@ class Peer(FrameReader):
         transport = self.transport
         if transport is None or self.stage is _CLOSING or self.stage is _CLOSED:
             return
-        if self.stage is _UPGRADING:
+        if not self.upgraded:
             transport.close()
             return
-        transport.write(encode_client_frame(_CLOSE, (1000).to_bytes(2, "big"), self._mask))
         self.stage = _CLOSING
-        self._arm_abort()
-
-    def abort(self) -> None:
-        """Drop the connection at once."""
-        if self.transport is not None:
-            self.transport.abort()
+        self._send_close((1000).to_bytes(2, "big"), _CLOSE_TIMEOUT)
 
 
 class _LoopMonitor:

@@ -47,6 +47,7 @@ __all__ = [
     "LoadError",
     "Participant",
     "Stage",
+    "UpgradingClient",
     "close_all",
     "connect_participant",
     "echo_payload",
@@ -350,7 +351,118 @@ class FrameReader(asyncio.Protocol):
         raise NotImplementedError
 
 
-class Participant(FrameReader):
+class UpgradingClient(FrameReader):
+    """The connection half both load clients share: the upgrade, the join, and the endings.
+
+    On connect it sends ``request``; it reads the answer (status 101 and the expected
+    ``Sec-WebSocket-Accept``, at most 16 KiB of head), then calls :meth:`joining` and sends
+    ``join_frame``, and hands every later byte to :meth:`~FrameReader.read_frames`. Any failure
+    before the client is ready fails :attr:`ready` with :class:`LoadError` and drops the
+    connection.
+
+    Args:
+        request: the upgrade request.
+        join_frame: the masked join frame, sent when the upgrade succeeds.
+        mask: the connection's masking key (for pongs and close frames).
+
+    Attributes:
+        transport: the connection, once made.
+        upgraded: the 101 answer came.
+        ready: done when the subclass says the client is ready, or failed with LoadError.
+    """
+
+    __slots__ = ("_abort_timer", "_head", "_join_frame", "_mask", "_request", "ready",
+                 "transport", "upgraded")
+
+    def __init__(self, request: bytes, join_frame: bytes, mask: bytes) -> None:
+        super().__init__()
+        self._request = request
+        self._join_frame = join_frame
+        self._mask = mask
+        self._head = b""
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self._request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            data = self._upgrade(data)
+            if not data:
+                return
+        self.read_frames(data)
+
+    def frame_error(self, detail: str) -> None:
+        self._fail(LoadError(detail))
+
+    def eof_received(self) -> bool | None:
+        return None  # the server closed its side: close ours too (connection_lost follows)
+
+    def joining(self) -> None:
+        """The upgrade succeeded; the join frame is sent right after this returns."""
+
+    def _upgrade(self, data: bytes) -> bytes:
+        """Read the upgrade response; return the bytes after it (frames), or b"" until whole."""
+        head = self._head + data if self._head else data
+        answer = read_upgrade_head(head)
+        if answer is None:
+            if len(head) > _MAX_HEAD:
+                self._fail(LoadError("upgrade response too long"))
+            else:
+                self._head = head
+            return b""
+        self._head = b""
+        status, end, accepted = answer
+        if status != 101:
+            line = head[: head.find(b"\r\n")]
+            self._fail(LoadError(f"upgrade refused: {line.decode('latin-1')}"))
+            return b""
+        if not accepted:
+            self._fail(LoadError("upgrade response without the expected Sec-WebSocket-Accept"))
+            return b""
+        self.upgraded = True
+        self.joining()
+        assert self.transport is not None
+        self.transport.write(self._join_frame)
+        return head[end + 4 :]
+
+    def _pong(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_client_frame(_PONG, payload, self._mask))
+
+    def _send_close(self, code: bytes, timeout: float) -> None:
+        """Send a close frame with ``code`` (two bytes, or none); drop the connection after
+        ``timeout`` seconds if the server does not end it."""
+        assert self.transport is not None
+        self.transport.write(encode_client_frame(_CLOSE, code, self._mask))
+        self._arm_abort(timeout)
+
+    def _fail(self, exc: LoadError) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        self.abort()
+
+    def _arm_abort(self, timeout: float) -> None:
+        if self._abort_timer is None and self.transport is not None:
+            self._abort_timer = asyncio.get_running_loop().call_later(timeout, self.abort)
+
+    def _cancel_abort(self) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Participant(UpgradingClient):
     """One benchmark participant on its own connection (module docstring).
 
     Args:
@@ -373,23 +485,16 @@ class Participant(FrameReader):
     """
 
     __slots__ = (
-        "_abort_timer",
         "_echo_frame",
         "_echo_size",
         "_first_echo",
-        "_head",
-        "_join_frame",
-        "_mask",
-        "_request",
         "close_code",
         "closed",
         "load",
-        "ready",
         "sent_at",
         "stage",
         "started",
         "time_to_first_echo",
-        "transport",
         "unexpected",
     )
 
@@ -404,17 +509,10 @@ class Participant(FrameReader):
         first_echo: bool,
         started: float,
     ) -> None:
-        super().__init__()
-        loop = asyncio.get_running_loop()
-        self._request = request
-        self._join_frame = join_frame
+        super().__init__(request, join_frame, mask)
         self._echo_frame = echo_frame
-        self._mask = mask
         self._echo_size = echo_size
         self._first_echo = first_echo
-        self._head = b""
-        self._abort_timer: asyncio.TimerHandle | None = None
-        self.transport: asyncio.Transport | None = None
         self.stage = _UPGRADING
         self.started = started
         self.sent_at = 0.0
@@ -422,22 +520,9 @@ class Participant(FrameReader):
         self.close_code: int | None = None
         self.unexpected = 0
         self.load: EchoLoad | None = None
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self._request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        if self.stage is _UPGRADING:
-            data = self._upgrade(data)
-            if not data:
-                return
-        self.read_frames(data)
 
     def frame(self, first: int, data: bytes, start: int, end: int) -> bool:
         if first & 0x08:
@@ -446,18 +531,10 @@ class Participant(FrameReader):
             self.message(data, start, end)
         return True
 
-    def frame_error(self, detail: str) -> None:
-        self._fail(LoadError(detail))
-
-    def eof_received(self) -> bool | None:
-        return None  # the server closed its side: close ours too (connection_lost follows)
-
     def connection_lost(self, exc: Exception | None) -> None:
         stage = self.stage
         self.stage = _CLOSED
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
-            self._abort_timer = None
+        self._cancel_abort()
         if stage is _ECHO and self.load is not None:
             load, self.load = self.load, None
             load.lost += 1
@@ -470,29 +547,8 @@ class Participant(FrameReader):
 
     # ---- frames --------------------------------------------------------------------------------
 
-    def _upgrade(self, data: bytes) -> bytes:
-        """Read the upgrade response; return the bytes after it (frames), or b"" until whole."""
-        head = self._head + data if self._head else data
-        answer = read_upgrade_head(head)
-        if answer is None:
-            if len(head) > _MAX_HEAD:
-                self._fail(LoadError("upgrade response too long"))
-            else:
-                self._head = head
-            return b""
-        self._head = b""
-        status, end, accepted = answer
-        if status != 101:
-            line = head[: head.find(b"\r\n")]
-            self._fail(LoadError(f"upgrade refused: {line.decode('latin-1')}"))
-            return b""
-        if not accepted:
-            self._fail(LoadError("upgrade response without the expected Sec-WebSocket-Accept"))
-            return b""
+    def joining(self) -> None:
         self.stage = _JOINING
-        assert self.transport is not None
-        self.transport.write(self._join_frame)
-        return head[end + 4 :]
 
     def message(self, data: bytes, start: int, end: int) -> None:
         """A complete data message (its last frame) arrived: ``data[start:end]`` is its payload.
@@ -544,10 +600,8 @@ class Participant(FrameReader):
         self.ready.set_result(None)
 
     def _control(self, opcode: int, payload: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
         if opcode == _PING:
-            transport.write(encode_client_frame(_PONG, payload, self._mask))
+            self._pong(payload)
         elif opcode == _CLOSE:
             self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             if self.stage is _CLOSING or self.stage is _CLOSED:
@@ -557,23 +611,13 @@ class Participant(FrameReader):
                 load.lost += 1
                 load.finished()
             # Echo the status code (RFC 6455 section 5.5.1), then wait for the server's FIN.
-            transport.write(encode_client_frame(_CLOSE, payload[:2], self._mask))
             self.stage = _CLOSING
-            self._arm_abort(5.0)
+            self._send_close(payload[:2], 5.0)
             if not self.ready.done():
                 self.ready.set_exception(LoadError(
                     f"closed by the server with code {self.close_code}: "
                     f"{payload[2:].decode('utf-8', 'replace')}"
                 ))
-
-    def _fail(self, exc: LoadError) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(exc)
-        self.abort()
-
-    def _arm_abort(self, timeout: float) -> None:
-        if self._abort_timer is None and self.transport is not None:
-            self._abort_timer = asyncio.get_running_loop().call_later(timeout, self.abort)
 
     # ---- control -------------------------------------------------------------------------------
 
@@ -596,20 +640,14 @@ class Participant(FrameReader):
         transport = self.transport
         if transport is None or self.stage is _CLOSING or self.stage is _CLOSED:
             return
-        if self.stage is _UPGRADING:
+        if not self.upgraded:
             transport.close()
             return
         if self.stage is _ECHO and self.load is not None:
             load, self.load = self.load, None
             load.finished()
-        transport.write(encode_client_frame(_CLOSE, code.to_bytes(2, "big"), self._mask))
         self.stage = _CLOSING
-        self._arm_abort(timeout)
-
-    def abort(self) -> None:
-        """Drop the connection at once."""
-        if self.transport is not None:
-            self.transport.abort()
+        self._send_close(code.to_bytes(2, "big"), timeout)
 
 
 async def open_participant(

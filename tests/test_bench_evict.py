@@ -43,6 +43,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.policy.regions import Location
 from proxy.policy.restrictions import Mode
 from proxy.relay import close_frame
+from tests.helpers.recording import RecordingTransport
 
 
 def simulate_joined(plan: Plan, rejoin: bool) -> dict[Role, int]:
@@ -201,31 +202,14 @@ UPGRADED = (
 ).encode()
 
 
-class FakeTransport:
-    """Records what a peer writes; stands in for a socket."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
 def text(message: dict[str, object]) -> bytes:
     return encode_frame(Opcode.TEXT, orjson.dumps(message), mask=False)
 
 
-def joined_peer(seat: Seat, tally: Tally) -> tuple[Peer, FakeTransport]:
+def joined_peer(seat: Seat, tally: Tally) -> tuple[Peer, RecordingTransport]:
     """A peer past its upgrade and join, on a fake transport."""
     peer = Peer(seat, Endpoint("127.0.0.1", 9), tally)
-    transport = FakeTransport()
+    transport = RecordingTransport()
     peer.connection_made(transport)  # type: ignore[arg-type]
     peer.data_received(UPGRADED + text({"type": "participant-joined", "participant": "x"}))
     peer.data_received(text({"type": "joined", "meeting": seat.meeting, "participant": "p"}))

@@ -42,6 +42,7 @@ from proxy.config import load_snapshot
 from proxy.frames import Opcode, apply_mask, encode_frame, parse_header
 from proxy.handshake import accept_key
 from tests.helpers.janus import JanusClient, require_janus, running_janus
+from tests.helpers.recording import RecordingTransport
 
 SOURCES = source_addresses(4)
 UPGRADED = (
@@ -51,27 +52,7 @@ UPGRADED = (
 ).encode()
 
 
-class FakeTransport:
-    """Collects what a participant writes; no socket."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.aborted
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def close(self) -> None:
-        self.aborted = True
-
-
-def sent(transport: FakeTransport) -> dict[str, Any]:
+def sent(transport: RecordingTransport) -> dict[str, Any]:
     """The last frame the participant wrote, unmasked and parsed."""
     frame = transport.written[-1]
     header = parse_header(frame, 0, True)
@@ -86,20 +67,20 @@ def reply(message: dict[str, Any]) -> bytes:
                         mask=False)
 
 
-async def upgraded(room: int = 1234) -> tuple[JanusParticipant, FakeTransport]:
+async def upgraded(room: int = 1234) -> tuple[JanusParticipant, RecordingTransport]:
     """A participant past the upgrade, its ``create`` sent."""
     participant = JanusParticipant(
         janus_request(Endpoint("127.0.0.1", 8188)), room=room, display="dora",
         mask=b"\x01\x02\x03\x04", first_echo=False, started=0.0,
     )  # fmt: skip
-    transport = FakeTransport()
+    transport = RecordingTransport()
     participant.connection_made(transport)  # type: ignore[arg-type]
     assert transport.written[0].endswith(b"Sec-WebSocket-Protocol: janus-protocol\r\n\r\n")
     participant.data_received(UPGRADED)
     return participant, transport
 
 
-async def joined(room: int = 1234) -> tuple[JanusParticipant, FakeTransport]:
+async def joined(room: int = 1234) -> tuple[JanusParticipant, RecordingTransport]:
     """A participant through create, attach and join, ready."""
     participant, transport = await upgraded(room)
     t = participant.transaction
