@@ -924,19 +924,26 @@ class Child:
         return self.process.pid
 
     def start(self) -> None:
-        """Start the process; its CPU affinity is set before it runs (children inherit it)."""
+        """Start the process; its CPU affinity is set before it runs (children inherit it).
+
+        It runs without core dumps: a server that crashes while stopping (Janus did, once) would
+        otherwise leave a core file of gigabytes in the source tree it runs in.
+        """
         own = os.sched_getaffinity(0)
+        core = resource.getrlimit(resource.RLIMIT_CORE)
         with self.log.open("ab") as out:
             try:
-                # Set our own affinity around the fork: the child (and nginx's worker, forked
-                # later) inherits it, with no window in which it runs elsewhere.
+                # Set our own affinity and core limit around the fork: the child (and nginx's
+                # worker, forked later) inherits them, with no window in which it runs elsewhere.
                 if self.cpu is not None:
                     os.sched_setaffinity(0, {self.cpu})
+                resource.setrlimit(resource.RLIMIT_CORE, (0, core[1]))
                 self.process = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, cwd=ROOT,
                 )
             finally:
+                resource.setrlimit(resource.RLIMIT_CORE, core)
                 os.sched_setaffinity(0, own)
 
     def _log_tail(self, lines: int = 15) -> str:

@@ -7,11 +7,14 @@ No nginx and no CPU pinning here; nothing asserts on timing.
 from __future__ import annotations
 
 import os
+import resource
+import sys
 from pathlib import Path
 
 import pytest
 
 from loadtests.bench_relay import (
+    Child,
     JoinResult,
     MemoryResult,
     Options,
@@ -222,3 +225,16 @@ def test_quick_mode_is_tiny() -> None:
         parse_args(["--sizes", "0"])
     with pytest.raises(ValueError, match="differ"):
         Options(proxy_cpu=1, load_cpu=1)
+
+
+def test_benchmark_servers_run_without_core_dumps(tmp_path: Path) -> None:
+    """A crashing server cannot leave a core file in the tree; the benchmark keeps its own limit."""
+    before = resource.getrlimit(resource.RLIMIT_CORE)
+    log = tmp_path / "child.log"
+    child = Child("probe", [sys.executable, "-c",
+                            "import resource; print(resource.getrlimit(resource.RLIMIT_CORE)[0])"],
+                  log=log, cpu=None)
+    child.start()
+    assert child.process is not None and child.process.wait(timeout=30) == 0
+    assert log.read_text().strip() == "0"
+    assert resource.getrlimit(resource.RLIMIT_CORE) == before
