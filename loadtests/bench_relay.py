@@ -927,7 +927,9 @@ class Child:
         """Start the process; its CPU affinity is set before it runs (children inherit it).
 
         It runs without core dumps: a server that crashes while stopping (Janus did, once) would
-        otherwise leave a core file of gigabytes in the source tree it runs in.
+        otherwise leave a core file of gigabytes in the source tree it runs in. The soft limit is
+        0 from the fork on, and the hard limit too once it runs, so that a server raising its own
+        soft limit (Janus does) cannot dump either.
         """
         own = os.sched_getaffinity(0)
         core = resource.getrlimit(resource.RLIMIT_CORE)
@@ -942,6 +944,8 @@ class Child:
                     self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, cwd=ROOT,
                 )
+                with contextlib.suppress(OSError):  # gone already: nothing to dump
+                    resource.prlimit(self.process.pid, resource.RLIMIT_CORE, (0, 0))
             finally:
                 resource.setrlimit(resource.RLIMIT_CORE, core)
                 os.sched_setaffinity(0, own)

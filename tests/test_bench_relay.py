@@ -231,10 +231,14 @@ def test_benchmark_servers_run_without_core_dumps(tmp_path: Path) -> None:
     """A crashing server cannot leave a core file in the tree; the benchmark keeps its own limit."""
     before = resource.getrlimit(resource.RLIMIT_CORE)
     log = tmp_path / "child.log"
-    child = Child("probe", [sys.executable, "-c",
-                            "import resource; print(resource.getrlimit(resource.RLIMIT_CORE)[0])"],
-                  log=log, cpu=None)
+    # The child reports its soft limit at once, then waits until its hard limit is 0 as well.
+    script = ("import resource, time\n"
+              "print(resource.getrlimit(resource.RLIMIT_CORE)[0], flush=True)\n"
+              "while resource.getrlimit(resource.RLIMIT_CORE)[1]:\n"
+              "    time.sleep(0.001)\n"
+              "print('hard 0')\n")
+    child = Child("probe", [sys.executable, "-c", script], log=log, cpu=None)
     child.start()
     assert child.process is not None and child.process.wait(timeout=30) == 0
-    assert log.read_text().strip() == "0"
+    assert log.read_text().split("\n")[:2] == ["0", "hard 0"]
     assert resource.getrlimit(resource.RLIMIT_CORE) == before
