@@ -246,15 +246,23 @@ def wave_denial(server: Server, participant: str) -> Denial:
     return denial
 
 
-async def test_an_eviction_wave_holds_the_upstream_leave_until_released(
-        proxies: ProxyFactory, upstream: DemoUpstream) -> None:
-    """In a wave the client is told and closed at once; the upstream hears of it on release."""
+async def wave_of_one(proxies: ProxyFactory, upstream: DemoUpstream
+                      ) -> tuple[Server, RawClient, Participant, Relay, list[Callable[[], None]]]:
+    """Participant a (CN, barred) and b (US) in meeting m; a evicted in a wave of its own."""
     server = await proxies.start(upstream.url, RESTRICTIONS)
     barred = await RawClient.connect(server.port, "127.0.1.30", after_request=join("m", "a"))
     await barred.recv_frame()
     other, _ = await Participant.join(f"ws://127.0.0.1:{server.port}/", "m", "b")
     wave: list[Callable[[], None]] = []
-    relay_of(server, "a").evict(wave_denial(server, "a"), wave)
+    relay = relay_of(server, "a")
+    relay.evict(wave_denial(server, "a"), wave)
+    return server, barred, other, relay, wave
+
+
+async def test_an_eviction_wave_holds_the_upstream_leave_until_released(
+        proxies: ProxyFactory, upstream: DemoUpstream) -> None:
+    """In a wave the client is told and closed at once; the upstream hears of it on release."""
+    server, barred, other, _, wave = await wave_of_one(proxies, upstream)
     opcode, message, _ = await barred.recv_frame()
     if orjson.loads(message)["type"] == "participant-joined":  # b's arrival, before the wave
         opcode, message, _ = await barred.recv_frame()
@@ -276,13 +284,7 @@ async def test_an_eviction_wave_holds_the_upstream_leave_until_released(
 async def test_a_held_leave_goes_upstream_when_the_client_leaves_first(
         proxies: ProxyFactory, upstream: DemoUpstream) -> None:
     """A client gone before its wave's release keeps its upstream leg open for the leave."""
-    server = await proxies.start(upstream.url, RESTRICTIONS)
-    barred = await RawClient.connect(server.port, "127.0.1.30", after_request=join("m", "a"))
-    await barred.recv_frame()
-    other, _ = await Participant.join(f"ws://127.0.0.1:{server.port}/", "m", "b")
-    wave: list[Callable[[], None]] = []
-    relay = relay_of(server, "a")
-    relay.evict(wave_denial(server, "a"), wave)
+    server, barred, other, relay, wave = await wave_of_one(proxies, upstream)
     assert (await barred.recv_close())[0] == 4451
     barred.send(barred.close_frame(4451))
     await wait_until(lambda: not any(s.join.participant == "a" for s in server.state.registry))
