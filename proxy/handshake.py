@@ -53,9 +53,16 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # RFC 7230 section 5.3: a request-target is visible ASCII, no spaces.
 _TARGET = re.compile(r"[\x21-\x7e]+")
+# Every header line of a head at once, each ended by CRLF: a name that is a token right before
+# the colon, then a value of the characters _VALUE allows. A head that does not match is read
+# line by line to name the bad line.
+_HEADER_LINES = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
 _STATUS = re.compile(r"[0-9]{3}")
 _SCHEMES = frozenset({"http", "https", "ws", "wss"})
+# Heads the parsers have checked field by field are made without a second check.
+_new = object.__new__
+_set = object.__setattr__
 
 # Header fields the handshake builders set themselves: a caller-supplied copy would duplicate or
 # contradict them (a forwarded Sec-WebSocket-Extensions would negotiate an extension the relay does
@@ -288,12 +295,23 @@ class _HeadParser:
         self._done = True
         self.rest = bytes(buf[end:])
         self._buf = bytearray()
-        lines = buf[:index].decode("latin-1").split("\r\n")
-        if len(lines) - 1 > self._max_headers:
+        head = buf[:index].decode("latin-1")
+        first, _, block = head.partition("\r\n")
+        count = block.count("\r\n") + 1 if block else 0
+        if count > self._max_headers:
             raise self._fail(
-                f"{len(lines) - 1} header fields, over {self._max_headers}",
-                self._too_large_status,
+                f"{count} header fields, over {self._max_headers}", self._too_large_status
             )
+        if not block:
+            return first, []
+        if _HEADER_LINES.fullmatch(block + "\r\n"):
+            # The usual, well-formed head: no line needs a check of its own.
+            pairs: list[tuple[str, str]] = []
+            for line in block.split("\r\n"):
+                name, _, value = line.partition(":")
+                pairs.append((name.lower(), value.strip(" \t")))
+            return first, pairs
+        lines = head.split("\r\n")
         headers: list[tuple[str, str]] = []
         for line in lines[1:]:
             name, colon, value = line.partition(":")
@@ -366,14 +384,15 @@ class RequestParser(_HeadParser):
                 raise self._fail(f"unsupported request target {target[:80]!r}", 400)
         else:
             raise self._fail(f"unsupported request target {target[:80]!r}", 400)
-        return Request(
-            method=method,
-            target=target,
-            path=path,
-            query=query,
-            version=version,
-            headers=tuple(headers),
-        )
+        # Every field was checked above: built without Request's own (second) validation.
+        request = _new(Request)
+        _set(request, "method", method)
+        _set(request, "target", target)
+        _set(request, "path", path)
+        _set(request, "query", query)
+        _set(request, "version", version)
+        _set(request, "headers", tuple(headers))
+        return request
 
 
 class ResponseParser(_HeadParser):
@@ -424,12 +443,29 @@ class ResponseParser(_HeadParser):
             or not 100 <= int(code) <= 599
         ):
             raise self._fail(f"malformed status line {line[:80]!r}", 502)
-        return Response(version=version, status=int(code), reason=reason, headers=tuple(headers))
+        response = _new(Response)  # checked above, as for Request
+        _set(response, "version", version)
+        _set(response, "status", int(code))
+        _set(response, "reason", reason)
+        _set(response, "headers", tuple(headers))
+        return response
 
 
 def _has_token(values: Iterable[str], token: str) -> bool:
     """Tell whether a comma-separated header (all its fields) lists ``token``, any case."""
     return any(item.strip(" \t").lower() == token for value in values for item in value.split(","))
+
+
+def _by_name(headers: Headers) -> dict[str, list[str]]:
+    """Each header name's values in order: one pass for the many lookups of a validation."""
+    fields: dict[str, list[str]] = {}
+    for name, value in headers:
+        values = fields.get(name)
+        if values is None:
+            fields[name] = [value]
+        else:
+            values.append(value)
+    return fields
 
 
 def _decoded_key_ok(key: str) -> bool:
@@ -466,17 +502,19 @@ def validate_upgrade(request: Request) -> str:
         )
     if request.version != "HTTP/1.1":
         raise HandshakeFailed(f"{request.version} is not HTTP/1.1")
-    hosts = request.get_all("host")
+    fields = _by_name(request.headers)
+    none: list[str] = []
+    hosts = fields.get("host", none)
     # RFC 7230 section 5.4: a request without Host, or with more than one, gets 400.
     if len(hosts) != 1 or not hosts[0]:
         raise HandshakeFailed(f"{len(hosts)} Host header fields, need exactly one")
     # Bytes after the head are frames; a declared body would make them ambiguous (smuggling).
-    if request.get("transfer-encoding") is not None or request.get_all("content-length") not in (
+    if "transfer-encoding" in fields or fields.get("content-length", none) not in (
         [],
         ["0"],
     ):
         raise HandshakeFailed("an upgrade request must not have a body")
-    if not _has_token(request.get_all("upgrade"), "websocket"):
+    if not _has_token(fields.get("upgrade", none), "websocket"):
         raise HandshakeFailed(
             "Upgrade does not name websocket",
             http_status=426,
@@ -484,20 +522,20 @@ def validate_upgrade(request: Request) -> str:
             headers=(("Upgrade", "websocket"),),
             client_text="WebSocket upgrade required",
         )
-    if not _has_token(request.get_all("connection"), "upgrade"):
+    if not _has_token(fields.get("connection", none), "upgrade"):
         raise HandshakeFailed("Connection lacks the upgrade token")
-    keys = request.get_all("sec-websocket-key")
+    keys = fields.get("sec-websocket-key", none)
     if len(keys) != 1 or not _decoded_key_ok(keys[0]):
         raise HandshakeFailed("Sec-WebSocket-Key is not base64 of 16 bytes")
     # RFC 6455 section 4.4: answer a version we do not speak with the versions we do.
-    if request.get_all("sec-websocket-version") != ["13"]:
+    if fields.get("sec-websocket-version") != ["13"]:
         raise HandshakeFailed(
             "Sec-WebSocket-Version is not 13",
             http_status=426,
             headers=(("Sec-WebSocket-Version", "13"),),
             client_text="unsupported WebSocket version",
         )
-    for subprotocol in request.subprotocols():
+    for subprotocol in request.subprotocols() if "sec-websocket-protocol" in fields else ():
         if not _TOKEN.fullmatch(subprotocol):
             raise HandshakeFailed(f"subprotocol {subprotocol[:40]!r} is not a token")
     return keys[0]
@@ -688,16 +726,18 @@ def validate_accept(
     """
     if response.status != 101:
         raise _upstream_fault(f"upstream answered {response.status} {response.reason}")
-    if not _has_token(response.get_all("upgrade"), "websocket"):
+    fields = _by_name(response.headers)
+    none: list[str] = []
+    if not _has_token(fields.get("upgrade", none), "websocket"):
         raise _upstream_fault("upstream Upgrade does not name websocket")
-    if not _has_token(response.get_all("connection"), "upgrade"):
+    if not _has_token(fields.get("connection", none), "upgrade"):
         raise _upstream_fault("upstream Connection lacks the upgrade token")
-    if response.get_all("sec-websocket-accept") != [accept_key(key)]:
+    if fields.get("sec-websocket-accept") != [accept_key(key)]:
         raise _upstream_fault("upstream Sec-WebSocket-Accept does not match the key")
     # Frames are relayed untouched, so an extension accepted on one leg only would corrupt them.
-    if response.get_all("sec-websocket-extensions"):
+    if fields.get("sec-websocket-extensions"):
         raise _upstream_fault("upstream negotiated extensions; none were offered")
-    chosen = response.get_all("sec-websocket-protocol")
+    chosen = fields.get("sec-websocket-protocol")
     if not chosen:
         return None
     if len(chosen) != 1 or chosen[0] not in offered_subprotocols:
