@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "uncached": GeoResolver(GeoIPSettings(db, cache_size=0)),
             "cached": GeoResolver(GeoIPSettings(db, cache_size=65536)),
         }
-        print(f"C extension in use: {resolvers['uncached'].extension_in_use}")
+        print(f"GeoIP reader: {resolvers['uncached'].reader_name}")
         uncached_samples = [(rng.choice(addresses), rng.choice(meetings))
                             for _ in range(args.samples)]
         hot = rng.sample(addresses, 1000)

@@ -112,8 +112,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
           f"header {config.client_address.header}",
           file=out)
     print(f"  geoip         {config.geoip.database} ({resolver.database_type}, built "
-          f"{_utc(resolver.build_epoch)}, C extension: "
-          f"{'yes' if resolver.extension_in_use else 'NO'})", file=out)
+          f"{_utc(resolver.build_epoch)}, reader: {resolver.reader_name}"
+          f"{'' if resolver.extension_in_use else ', about ten times slower'})", file=out)
     if config.geoip.anonymous_database:
         print(f"  anonymous-ip  {config.geoip.anonymous_database} (built "
               f"{_utc(resolver.anonymous_build_epoch)})", file=out)

@@ -43,7 +43,7 @@ def test_check_valid_config_prints_summary(capsys: pytest.CaptureFixture[str],
     assert ": valid" in out
     assert "in force now: 3" in out and "demo-cn-memorial: block CN in memorial-*" in out
     assert "dry run, in force now: 1" in out and "demo-ru-townhall-dry-run" in out
-    assert "C extension: yes" in out
+    assert "reader: maxminddb-rust)" in out
     assert "next change   2036-01-01T00:00:00Z" in out
 
 

@@ -435,6 +435,7 @@ class TestResolve:
         assert resolver.database_type == "GeoIP2-City"
         assert resolver.anonymous_build_epoch is None
         assert resolver.extension_in_use is True
+        assert resolver.reader_name == "maxminddb-rust"  # a dependency: installed everywhere
 
     def test_lookup_after_close_is_an_uncached_error(self, db: Path) -> None:
         """A failing database answers unknown, counts an error and caches nothing."""
