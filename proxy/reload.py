@@ -275,10 +275,14 @@ class Reloader:
         try:
             counts = await self._evict_barred(sessions, held, started, relocate=relocate,
                                               batch=batch)
-        finally:
             for index, release in enumerate(held):
                 if index and index % batch == 0:
                     await asyncio.sleep(0)
+                release()
+        finally:
+            # Interrupted (cancelled on shutdown, a bug): the leaves still go, all at once, so
+            # no upstream leg is left to the close timeout. A leave already sent is not resent.
+            for release in held:
                 release()
         rechecked, evicted, would, last_eviction = counts
         return ReloadOutcome(True, trigger, str(state.snapshot.version), rechecked=rechecked,
