@@ -462,7 +462,7 @@ def _line(record: AuditRecord) -> bytes:
             for name in _TEXT_FIELDS
             if isinstance(value := getattr(record, name), str)
         }
-        return AuditRecord(**{**record._asdict(), **fixed}).to_json() + b"\n"
+        return record._replace(**fixed).to_json() + b"\n"
 
 
 class AuditLog:

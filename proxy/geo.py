@@ -599,6 +599,7 @@ READER = ("maxminddb-rust" if _rust is not None
 _INVALID_DATABASE: tuple[type[Exception], ...] = (maxminddb.InvalidDatabaseError,) + (
     () if _rust is None else (_rust.InvalidDatabaseError,))
 
+
 class _Reader(Protocol):
     """What the resolver uses of a MaxMind reader (maxminddb's and maxminddb-rust's alike)."""
 

@@ -56,7 +56,7 @@ _TARGET = re.compile(r"[\x21-\x7e]+")
 # Every header line of a head at once, each ended by CRLF: a name that is a token right before
 # the colon, then a value of the characters _VALUE allows. A head that does not match is read
 # line by line to name the bad line.
-_HEADER_LINES = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_HEADER_LINES = re.compile(f"(?:{_TOKEN.pattern}:{_VALUE.pattern}\r\n)*")
 _VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
 _STATUS = re.compile(r"[0-9]{3}")
 _SCHEMES = frozenset({"http", "https", "ws", "wss"})
@@ -302,28 +302,27 @@ class _HeadParser:
             raise self._fail(
                 f"{count} header fields, over {self._max_headers}", self._too_large_status
             )
-        if not block:
-            return first, []
-        if _HEADER_LINES.fullmatch(block + "\r\n"):
-            # The usual, well-formed head: no line needs a check of its own.
-            pairs: list[tuple[str, str]] = []
-            for line in block.split("\r\n"):
-                name, _, value = line.partition(":")
-                pairs.append((name.lower(), value.strip(" \t")))
-            return first, pairs
-        lines = head.split("\r\n")
         headers: list[tuple[str, str]] = []
-        for line in lines[1:]:
+        if not block:
+            return first, headers
+        # The usual, well-formed head passes one pattern; only another is checked line by line,
+        # to name the line at fault.
+        checked = _HEADER_LINES.fullmatch(block + "\r\n") is not None
+        for line in block.split("\r\n"):
             name, colon, value = line.partition(":")
-            # A token right before the colon also rules out whitespace there (RFC 7230 section
-            # 3.2.4, "MUST reject with 400") and obs-fold continuation lines, which we refuse.
-            if not colon or not _TOKEN.fullmatch(name):
-                raise self._fail(f"malformed header line {line[:80]!r}", self._malformed_status)
             value = value.strip(" \t")
-            if not _VALUE.fullmatch(value):
-                raise self._fail(f"invalid characters in header {name!r}", self._malformed_status)
+            if not checked:
+                # A token right before the colon also rules out whitespace there (RFC 7230
+                # section 3.2.4, "MUST reject with 400") and obs-fold continuation lines, which
+                # we refuse.
+                if not colon or not _TOKEN.fullmatch(name):
+                    raise self._fail(f"malformed header line {line[:80]!r}",
+                                     self._malformed_status)
+                if not _VALUE.fullmatch(value):
+                    raise self._fail(f"invalid characters in header {name!r}",
+                                     self._malformed_status)
             headers.append((name.lower(), value))
-        return lines[0], headers
+        return first, headers
 
 
 class RequestParser(_HeadParser):
