@@ -485,7 +485,7 @@ class Relay:
         up = self.up
         if up._inject is not None:
             up._inject = frames  # the client is mid-frame: the leave follows at its boundary
-        elif self.upstream is not None and not self.upstream.is_closing():
+        elif not self.upstream.is_closing():
             self.upstream.write(frames)
 
     def fail(self, direction: Direction, exc: ClientError) -> None:
