@@ -3,13 +3,14 @@
 A decision must cost a few microseconds however many restrictions there are, so the set is
 indexed once, at construction:
 
-- meeting patterns: exact ids in a dict; globs in a dict keyed by their literal prefix (the text
-  before the first wildcard) with the distinct prefix lengths kept, so finding the globs that may
-  name a meeting costs one dict lookup per distinct length; ``*`` kept apart;
-- per meeting, compiled on first use and memoised (bounded, FIFO): block restrictions keyed by
-  region code, so a location looks up only its country and subdivision; allow-mode restrictions;
-  and those that deny unknown or anonymous locations. In-force windows and exempt networks are
-  checked on those few candidates only.
+- meeting patterns: exact ids in a dict; ``prefix*`` patterns in a dict keyed by their prefix;
+  other globs in a dict keyed by their literal prefix (the text before the first wildcard) and
+  matched in full. The distinct prefix lengths are kept, so finding the patterns that may name a
+  meeting costs one dict lookup per distinct length; ``*`` is kept apart;
+- per pattern, one candidate table: block restrictions keyed by region code, so a location looks
+  up only its country and subdivision; allow-mode restrictions; and those that deny unknown or
+  anonymous locations. In-force windows and exempt networks are checked on those few candidates
+  only. Nothing is compiled or cached per meeting id, so ids chosen by clients cannot grow memory.
 
 Re-checks: when the set is replaced or a window opens, open sessions that may have become barred
 must be found without re-deciding every session. ``barred_pairs`` describes who the set bars as
@@ -133,21 +134,23 @@ class BarredPair:
         return f"{self.meeting} x {region}{exempt}"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class _Candidates:
-    """The restrictions that name one meeting, indexed for ``decide``. Never mutated.
+class _Candidates(dict[str, tuple[Match, ...]]):
+    """The restrictions that name one meeting pattern, indexed for ``decide``. Never mutated.
 
-    Each entry is the Match a restriction gives for that rule, built once here: a decision
+    The mapping itself holds the block restrictions by region code (a location looks up only its
+    country and subdivision); the attributes hold the allow-mode restrictions and those that deny
+    unknown or anonymous locations. One object rather than a record pointing at a dict: most
+    decisions find no match, and each object a decision follows on a large set is a likely cache
+    miss. Each entry is the Match a restriction gives for that rule, built once here: a decision
     shares them rather than building one per join.
     """
 
-    by_region: dict[str, tuple[Match, ...]]
+    __slots__ = ("allow", "anonymous", "unknown")
+
     allow: tuple[Match, ...]
     unknown: tuple[Match, ...]
     anonymous: tuple[Match, ...]
 
-
-_NO_CANDIDATES = _Candidates({}, (), (), ())
 
 
 class RestrictionSet:
@@ -163,9 +166,9 @@ class RestrictionSet:
 
     The index is built once: a compiled candidate table per exact meeting id, per glob pattern
     (grouped by the pattern's literal prefix, so a meeting id looks up only the prefixes of the
-    lengths in use) and one for ``*``. A decision is a handful of dict lookups whatever the number
-    of restrictions; nothing is compiled or cached per meeting id, so ids chosen by clients cannot
-    grow memory or slow the gate.
+    lengths in use) and one for ``*``; patterns named by the same restrictions share a table. A
+    decision is a handful of dict lookups whatever the number of restrictions; nothing is compiled
+    or cached per meeting id, so ids chosen by clients cannot grow memory or slow the gate.
     """
 
     __slots__ = (
@@ -173,8 +176,10 @@ class RestrictionSet:
         "_by_id",
         "_every",
         "_exact",
+        "_glob_lengths",
         "_globs",
         "_prefix_lengths",
+        "_prefixes",
         "_restrictions",
         "_version",
     )
@@ -183,8 +188,10 @@ class RestrictionSet:
     _restrictions: tuple[Restriction, ...]
     _by_id: dict[str, Restriction]
     _exact: dict[str, _Candidates]
-    _globs: dict[str, tuple[tuple[Callable[[str], object] | None, _Candidates], ...]]
+    _prefixes: dict[str, _Candidates]
     _prefix_lengths: tuple[int, ...]
+    _globs: dict[str, tuple[tuple[Callable[[str], object], _Candidates], ...]]
+    _glob_lengths: tuple[int, ...]
     _every: _Candidates | None
     _boundaries: tuple[float, ...]
 
@@ -215,13 +222,29 @@ class RestrictionSet:
                     by_pattern.setdefault(pattern, []).append(restriction)
                 else:
                     exact.setdefault(pattern, []).append(restriction)
-        globs: dict[str, list[tuple[Callable[[str], object] | None, _Candidates]]] = {}
+        # Patterns named by the same restrictions share one table: a restriction listing
+        # thousands of meeting ids costs one table, not thousands, and a smaller index stays in
+        # the CPU caches between decisions.
+        tables: dict[tuple[str, ...], _Candidates] = {}
+
+        def table(named: list[Restriction]) -> _Candidates:
+            key = tuple(r.id for r in named)
+            compiled = tables.get(key)
+            if compiled is None:
+                compiled = tables[key] = _compile(named)
+            return compiled
+
+        # "prefix*" matches whatever follows its prefix: its table is found by the prefix alone.
+        # Other globs are grouped by their literal prefix and matched in full.
+        prefixes: dict[str, _Candidates] = {}
+        globs: dict[str, list[tuple[Callable[[str], object], _Candidates]]] = {}
         for pattern, named in by_pattern.items():
             prefix = glob_prefix(pattern)
-            # "prefix*" matches whatever follows its prefix: no pattern match is needed (None).
-            match = None if pattern == f"{prefix}*" else re.compile(
-                fnmatch.translate(pattern), re.DOTALL).match
-            globs.setdefault(prefix, []).append((match, _compile(named)))
+            if pattern == f"{prefix}*":
+                prefixes[prefix] = table(named)
+            else:
+                match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
+                globs.setdefault(prefix, []).append((match, table(named)))
         boundaries = {
             bound
             for restriction in ordered
@@ -233,10 +256,12 @@ class RestrictionSet:
         init(self, "_version", version)
         init(self, "_restrictions", ordered)
         init(self, "_by_id", {r.id: r for r in ordered})
-        init(self, "_exact", {key: _compile(value) for key, value in exact.items()})
+        init(self, "_exact", {key: table(value) for key, value in exact.items()})
+        init(self, "_prefixes", prefixes)
+        init(self, "_prefix_lengths", tuple(sorted({len(prefix) for prefix in prefixes})))
         init(self, "_globs", {key: tuple(value) for key, value in globs.items()})
-        init(self, "_prefix_lengths", tuple(sorted({len(prefix) for prefix in globs})))
-        init(self, "_every", _compile(every) if every else None)
+        init(self, "_glob_lengths", tuple(sorted({len(prefix) for prefix in globs})))
+        init(self, "_every", table(every) if every else None)
         init(self, "_boundaries", tuple(sorted(boundaries)))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -294,14 +319,23 @@ class RestrictionSet:
             found = _apply(table, found, location, address, now)
         if self._prefix_lengths:
             length = len(meeting)
-            globs = self._globs
+            prefixes = self._prefixes
             for prefix_length in self._prefix_lengths:
+                if prefix_length > length:
+                    break
+                table = prefixes.get(meeting[:prefix_length])
+                if table is not None:
+                    found = _apply(table, found, location, address, now)
+        if self._glob_lengths:
+            length = len(meeting)
+            globs = self._globs
+            for prefix_length in self._glob_lengths:
                 if prefix_length > length:
                     break
                 entries = globs.get(meeting[:prefix_length])
                 if entries is not None:
                     for match, table in entries:
-                        if match is None or match(meeting) is not None:
+                        if match(meeting) is not None:
                             found = _apply(table, found, location, address, now)
         if self._every is not None:
             found = _apply(self._every, found, location, address, now)
@@ -333,9 +367,13 @@ class RestrictionSet:
         for prefix_length in self._prefix_lengths:
             if prefix_length > length:
                 break
+            if meeting[:prefix_length] in self._prefixes:
+                return True
+        for prefix_length in self._glob_lengths:
+            if prefix_length > length:
+                break
             entries = self._globs.get(meeting[:prefix_length])
-            if entries is not None and any(match is None or match(meeting) is not None
-                                           for match, _ in entries):
+            if entries is not None and any(match(meeting) is not None for match, _ in entries):
                 return True
         return False
 
@@ -446,13 +484,12 @@ def _apply(
     country = location.country
     if country is not None:
         subdivision = location.subdivision
-        by_region = table.by_region
-        if by_region:
-            hits = by_region.get(country)
+        if table:
+            hits = table.get(country)
             if hits is not None:
                 found = _collect(found, hits, address, now)
             if subdivision is not None:
-                hits = by_region.get(subdivision)
+                hits = table.get(subdivision)
                 if hits is not None:
                     found = _collect(found, hits, address, now)
         for match in table.allow:
@@ -500,12 +537,11 @@ def _compile(named: Iterable[Restriction]) -> _Candidates:
             unknown.append(Match(r, MatchReason.UNKNOWN))
         if r.anonymous is Treatment.DENY:
             anonymous.append(Match(r, MatchReason.ANONYMOUS))
-    return _Candidates(
-        {region: tuple(ms) for region, ms in by_region.items()},
-        tuple(allow),
-        tuple(unknown),
-        tuple(anonymous),
-    )
+    table = _Candidates({region: tuple(ms) for region, ms in by_region.items()})
+    table.allow = tuple(allow)
+    table.unknown = tuple(unknown)
+    table.anonymous = tuple(anonymous)
+    return table
 
 
 def _newly(

@@ -361,6 +361,18 @@ class TestMeetingPatterns:
         assert [i for i, _ in decide(gate, BEIJING, meeting="roomy")[1]] == ["a", "d"]
         assert [i for i, _ in decide(gate, BEIJING, meeting="x-final")[1]] == ["c"]
 
+    def test_prefix_and_full_globs_sharing_a_prefix(self) -> None:
+        """A "prefix*" pattern and a full glob with the same literal prefix each apply alone."""
+        gate = RestrictionSet(
+            [make("a", meetings=("room-*",)), make("b", meetings=("room-*-final",))]
+        )
+        assert [i for i, _ in decide(gate, BEIJING, meeting="room-1-final")[1]] == ["a", "b"]
+        assert [i for i, _ in decide(gate, BEIJING, meeting="room-1")[1]] == ["a"]
+        assert decide(gate, BEIJING, meeting="roo") == (None, [])
+        assert gate.scopes("room-") and not gate.scopes("roomy-final")
+        only_full = RestrictionSet([make("b", meetings=("room-?",))])
+        assert only_full.scopes("room-7") and not only_full.scopes("room-77")
+
     def test_several_patterns_of_one_restriction_match_once(self) -> None:
         """A restriction naming a meeting by several patterns yields one match."""
         gate = RestrictionSet([make(meetings=("m1", "m*", "*", "m?"))])
