@@ -11,7 +11,8 @@ sizes are then timed in alternating blocks of decisions, so that a slow spell of
 falls on both rather than on whichever ran then; the ratio is taken within each round.
 
 Run: ``make bench-gate`` (or ``.venv/bin/python loadtests/bench_gate.py --help``).
-Targets: p99 under 20 us uncached; no more than 1.5x slower at 10,000 restrictions than at 10.
+Targets: p99 under 20 us uncached; no more than 1.5x slower at 10,000 restrictions than at 10
+(judged at p50 and p99, cached and uncached).
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return decide
 
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
-        ratios: dict[str, list[float]] = {"p50": [], "p99": []}
+        # (mode, percentile) -> each round's ratio of 10,000 to 10 restrictions
+        ratios: dict[tuple[str, str], list[float]] = {}
         tune_gc()  # as `geogate serve` does after start-up
         modes = (("uncached", uncached_samples), ("cached", cached_samples))
         for mode, samples in modes:  # warm-up, untimed
@@ -190,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                                    for count, rset in sets.items()}, samples)
                 for count, one in figures.items():
                     results.setdefault((mode, count), []).append(one)
-                if mode == "uncached":
-                    for p in ratios:
-                        ratios[p].append(figures[10_000][f"{p}_us"] / figures[10][f"{p}_us"])
+                for p in ("p50", "p99"):
+                    ratios.setdefault((mode, p), []).append(
+                        figures[10_000][f"{p}_us"] / figures[10][f"{p}_us"])
             print(f"round {round_no + 1}/{args.rounds} done: uncached 10,000 vs 10 restrictions "
-                  f"p50 {ratios['p50'][-1]:.2f}x, p99 {ratios['p99'][-1]:.2f}x", flush=True)
+                  f"p50 {ratios['uncached', 'p50'][-1]:.2f}x, "
+                  f"p99 {ratios['uncached', 'p99'][-1]:.2f}x", flush=True)
         # Where one uncached decision goes, part by part (10,000 restrictions).
         parts: dict[str, dict[str, float]] = {}
         resolver = resolvers["uncached"]
@@ -234,14 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, figures in parts.items():
         print(f"  {name:<18} p50 {figures['p50_us']:6.2f} us   p99 {figures['p99_us']:6.2f} us")
     p99 = med("uncached", 10_000, "p99_us")
-    ratio = statistics.median(ratios["p50"])
-    ratio99 = statistics.median(ratios["p99"])
     print()
     print(f"target p99 < 20 us uncached (10,000 restrictions): {p99:.2f} us -> "
           f"{'met' if p99 < 20 else 'NOT MET'}")
-    print(f"target 10,000 vs 10 restrictions <= 1.5x (uncached; median of the rounds' ratios): "
-          f"p50 {ratio:.2f}x, p99 {ratio99:.2f}x -> "
-          f"{'met' if max(ratio, ratio99) <= 1.5 else 'NOT MET'}")
+    for mode in ("uncached", "cached"):
+        ratio = statistics.median(ratios[mode, "p50"])
+        ratio99 = statistics.median(ratios[mode, "p99"])
+        print(f"target 10,000 vs 10 restrictions <= 1.5x ({mode}; median of the rounds' ratios): "
+              f"p50 {ratio:.2f}x, p99 {ratio99:.2f}x -> "
+              f"{'met' if max(ratio, ratio99) <= 1.5 else 'NOT MET'}")
     return 0
 
 

@@ -51,8 +51,9 @@ def test_a_small_run_prints_every_row_and_both_verdicts(capsys: pytest.CaptureFi
             assert re.search(rf"^{mode} +{count} +[\d,]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
     assert re.search(r"^target p99 < 20 us uncached \(10,000 restrictions\): [\d.]+ us -> "
                      r"(met|NOT MET)$", out, re.M), out
-    assert re.search(r"^target 10,000 vs 10 restrictions <= 1.5x .*: p50 [\d.]+x, p99 [\d.]+x -> "
-                     r"(met|NOT MET)$", out, re.M), out
+    for mode in ("uncached", "cached"):
+        assert re.search(rf"^target 10,000 vs 10 restrictions <= 1.5x \({mode}; .*: "
+                         r"p50 [\d.]+x, p99 [\d.]+x -> (met|NOT MET)$", out, re.M), out
     assert "round 1/1 done: uncached 10,000 vs 10 restrictions p50 " in out
 
 

@@ -59,6 +59,9 @@ ANONYMOUS_REGION = "?anonymous"
 
 _SPECIAL_REGIONS = frozenset({OUTSIDE_ALLOWED_REGION, UNKNOWN_REGION, ANONYMOUS_REGION})
 
+# At most this many restrictions on every meeting ("*") are copied into each candidate table.
+_FOLD_EVERY = 16
+
 # Decisions are built here valid by construction (sorted, first enforced denies): skip their
 # constructor's checks, which cost more than the rest of a decision without matches.
 _new = tuple.__new__
@@ -175,6 +178,7 @@ class RestrictionSet:
         "_boundaries",
         "_by_id",
         "_every",
+        "_every_folded",
         "_exact",
         "_glob_lengths",
         "_globs",
@@ -193,6 +197,7 @@ class RestrictionSet:
     _globs: dict[str, tuple[tuple[Callable[[str], object], _Candidates], ...]]
     _glob_lengths: tuple[int, ...]
     _every: _Candidates | None
+    _every_folded: bool
     _boundaries: tuple[float, ...]
 
     def __init__(
@@ -226,8 +231,13 @@ class RestrictionSet:
         # thousands of meeting ids costs one table, not thousands, and a smaller index stays in
         # the CPU caches between decisions.
         tables: dict[tuple[str, ...], _Candidates] = {}
+        # A few restrictions on every meeting are folded into every table: a decision that finds
+        # a table then needs no second one. Many are kept apart, or each table would copy them.
+        every_folded = 0 < len(every) <= _FOLD_EVERY
 
         def table(named: list[Restriction]) -> _Candidates:
+            if every_folded:
+                named = sorted({r.id: r for r in (*named, *every)}.values(), key=lambda r: r.id)
             key = tuple(r.id for r in named)
             compiled = tables.get(key)
             if compiled is None:
@@ -262,6 +272,7 @@ class RestrictionSet:
         init(self, "_globs", {key: tuple(value) for key, value in globs.items()})
         init(self, "_glob_lengths", tuple(sorted({len(prefix) for prefix in globs})))
         init(self, "_every", table(every) if every else None)
+        init(self, "_every_folded", every_folded)
         init(self, "_boundaries", tuple(sorted(boundaries)))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -314,9 +325,13 @@ class RestrictionSet:
             id; ``denied_by`` is the first enforced one, None to admit.
         """
         found: list[Match] | None = None
+        # The "*" table, unless a table found below holds its restrictions already.
+        every = self._every
         table = self._exact.get(meeting)
         if table is not None:
             found = _apply(table, found, location, address, now)
+            if self._every_folded:
+                every = None
         if self._prefix_lengths:
             length = len(meeting)
             prefixes = self._prefixes
@@ -326,6 +341,8 @@ class RestrictionSet:
                 table = prefixes.get(meeting[:prefix_length])
                 if table is not None:
                     found = _apply(table, found, location, address, now)
+                    if self._every_folded:
+                        every = None
         if self._glob_lengths:
             length = len(meeting)
             globs = self._globs
@@ -337,8 +354,10 @@ class RestrictionSet:
                     for match, table in entries:
                         if match(meeting) is not None:
                             found = _apply(table, found, location, address, now)
-        if self._every is not None:
-            found = _apply(self._every, found, location, address, now)
+                            if self._every_folded:
+                                every = None
+        if every is not None:
+            found = _apply(every, found, location, address, now)
         if found is None:
             return _new(Decision, (meeting, location, (), None, self._version))
         if len(found) == 1:

@@ -6,10 +6,12 @@ import dataclasses
 import random
 from fnmatch import fnmatchcase
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.policy import gate as gate_module
 from proxy.policy.decision import MatchReason
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.regions import Location
@@ -201,6 +203,22 @@ def test_decide_agrees_with_the_reference(
 ) -> None:
     """decide() gives the same matches, reasons and denial as scanning every restriction."""
     gate = RestrictionSet(restrictions)
+    for meeting, location, anonymous, address, now in batch:
+        location = flagged(location, anonymous)
+        expected = reference(restrictions, meeting, location, address, now)
+        assert outcome(gate, meeting, location, address, now) == expected
+
+
+@EXAMPLES
+@given(restriction_lists(), st.lists(sessions, min_size=1, max_size=10))
+def test_decide_agrees_with_the_reference_with_every_meeting_kept_apart(
+    restrictions: list[Restriction],
+    batch: list[tuple[str, Location, bool, Address | None, float]],
+) -> None:
+    """The same when restrictions on "*" are too many to fold into each table."""
+    with mock.patch.object(gate_module, "_FOLD_EVERY", 0):
+        gate = RestrictionSet(restrictions)
+    assert not gate._every_folded
     for meeting, location, anonymous, address, now in batch:
         location = flagged(location, anonymous)
         expected = reference(restrictions, meeting, location, address, now)
