@@ -59,8 +59,10 @@ ANONYMOUS_REGION = "?anonymous"
 
 _SPECIAL_REGIONS = frozenset({OUTSIDE_ALLOWED_REGION, UNKNOWN_REGION, ANONYMOUS_REGION})
 
-# At most this many restrictions on every meeting ("*") are copied into each candidate table.
+# At most this many restrictions on every meeting ("*") are copied into each candidate table,
+# and at most this many named by globs into the table of an exact meeting id they match.
 _FOLD_EVERY = 16
+_FOLD_PATTERNS = 16
 
 # Decisions are built here valid by construction (sorted, first enforced denies): skip their
 # constructor's checks, which cost more than the rest of a decision without matches.
@@ -148,11 +150,13 @@ class _Candidates(dict[str, tuple[Match, ...]]):
     shares them rather than building one per join.
     """
 
-    __slots__ = ("allow", "anonymous", "unknown")
+    __slots__ = ("allow", "anonymous", "complete", "unknown")
 
     allow: tuple[Match, ...]
     unknown: tuple[Match, ...]
     anonymous: tuple[Match, ...]
+    # An exact meeting id's table that also holds every glob naming that id.
+    complete: bool
 
 
 
@@ -230,31 +234,50 @@ class RestrictionSet:
         # Patterns named by the same restrictions share one table: a restriction listing
         # thousands of meeting ids costs one table, not thousands, and a smaller index stays in
         # the CPU caches between decisions.
-        tables: dict[tuple[str, ...], _Candidates] = {}
+        tables: dict[tuple[object, ...], _Candidates] = {}
         # A few restrictions on every meeting are folded into every table: a decision that finds
         # a table then needs no second one. Many are kept apart, or each table would copy them.
         every_folded = 0 < len(every) <= _FOLD_EVERY
 
-        def table(named: list[Restriction]) -> _Candidates:
+        def table(named: list[Restriction], complete: bool = False) -> _Candidates:
             if every_folded:
-                named = sorted({r.id: r for r in (*named, *every)}.values(), key=lambda r: r.id)
-            key = tuple(r.id for r in named)
+                named = [*named, *every]
+            named = sorted({r.id: r for r in named}.values(), key=lambda r: r.id)
+            key = (complete, *(r.id for r in named))
             compiled = tables.get(key)
             if compiled is None:
-                compiled = tables[key] = _compile(named)
+                compiled = tables[key] = _compile(named, complete)
             return compiled
 
         # "prefix*" matches whatever follows its prefix: its table is found by the prefix alone.
         # Other globs are grouped by their literal prefix and matched in full.
-        prefixes: dict[str, _Candidates] = {}
-        globs: dict[str, list[tuple[Callable[[str], object], _Candidates]]] = {}
+        prefix_named: dict[str, list[Restriction]] = {}
+        glob_named: dict[str, list[tuple[Callable[[str], object], list[Restriction]]]] = {}
         for pattern, named in by_pattern.items():
             prefix = glob_prefix(pattern)
             if pattern == f"{prefix}*":
-                prefixes[prefix] = table(named)
+                prefix_named[prefix] = named
             else:
                 match = re.compile(fnmatch.translate(pattern), re.DOTALL).match
-                globs.setdefault(prefix, []).append((match, table(named)))
+                glob_named.setdefault(prefix, []).append((match, named))
+        prefix_lengths = tuple(sorted({len(prefix) for prefix in prefix_named}))
+        glob_lengths = tuple(sorted({len(prefix) for prefix in glob_named}))
+
+        def exact_table(meeting: str, named: list[Restriction]) -> _Candidates:
+            # The globs naming an exact id are known now: a few are folded into its table, which
+            # then answers for the meeting alone.
+            extra: list[Restriction] = []
+            for length in prefix_lengths:
+                if length <= len(meeting):
+                    extra += prefix_named.get(meeting[:length], ())
+            for length in glob_lengths:
+                if length <= len(meeting):
+                    for match, more in glob_named.get(meeting[:length], ()):
+                        if match(meeting) is not None:
+                            extra += more
+            if len(extra) > _FOLD_PATTERNS:
+                return table(named)
+            return table(named + extra, complete=True)
         boundaries = {
             bound
             for restriction in ordered
@@ -266,11 +289,12 @@ class RestrictionSet:
         init(self, "_version", version)
         init(self, "_restrictions", ordered)
         init(self, "_by_id", {r.id: r for r in ordered})
-        init(self, "_exact", {key: table(value) for key, value in exact.items()})
-        init(self, "_prefixes", prefixes)
-        init(self, "_prefix_lengths", tuple(sorted({len(prefix) for prefix in prefixes})))
-        init(self, "_globs", {key: tuple(value) for key, value in globs.items()})
-        init(self, "_glob_lengths", tuple(sorted({len(prefix) for prefix in globs})))
+        init(self, "_exact", {key: exact_table(key, value) for key, value in exact.items()})
+        init(self, "_prefixes", {key: table(value) for key, value in prefix_named.items()})
+        init(self, "_prefix_lengths", prefix_lengths)
+        init(self, "_globs", {key: tuple((match, table(named)) for match, named in value)
+                              for key, value in glob_named.items()})
+        init(self, "_glob_lengths", glob_lengths)
         init(self, "_every", table(every) if every else None)
         init(self, "_every_folded", every_folded)
         init(self, "_boundaries", tuple(sorted(boundaries)))
@@ -327,12 +351,14 @@ class RestrictionSet:
         found: list[Match] | None = None
         # The "*" table, unless a table found below holds its restrictions already.
         every = self._every
+        patterns = True
         table = self._exact.get(meeting)
         if table is not None:
             found = _apply(table, found, location, address, now)
             if self._every_folded:
                 every = None
-        if self._prefix_lengths:
+            patterns = not table.complete
+        if patterns and self._prefix_lengths:
             length = len(meeting)
             prefixes = self._prefixes
             for prefix_length in self._prefix_lengths:
@@ -343,7 +369,7 @@ class RestrictionSet:
                     found = _apply(table, found, location, address, now)
                     if self._every_folded:
                         every = None
-        if self._glob_lengths:
+        if patterns and self._glob_lengths:
             length = len(meeting)
             globs = self._globs
             for prefix_length in self._glob_lengths:
@@ -539,7 +565,7 @@ def _collect(
     return found
 
 
-def _compile(named: Iterable[Restriction]) -> _Candidates:
+def _compile(named: Iterable[Restriction], complete: bool = False) -> _Candidates:
     """Index the restrictions that name one meeting, with the Match each rule gives."""
     by_region: dict[str, list[Match]] = {}
     allow: list[Match] = []
@@ -560,6 +586,7 @@ def _compile(named: Iterable[Restriction]) -> _Candidates:
     table.allow = tuple(allow)
     table.unknown = tuple(unknown)
     table.anonymous = tuple(anonymous)
+    table.complete = complete
     return table
 
 

@@ -211,14 +211,16 @@ def test_decide_agrees_with_the_reference(
 
 @EXAMPLES
 @given(restriction_lists(), st.lists(sessions, min_size=1, max_size=10))
-def test_decide_agrees_with_the_reference_with_every_meeting_kept_apart(
+def test_decide_agrees_with_the_reference_with_nothing_folded(
     restrictions: list[Restriction],
     batch: list[tuple[str, Location, bool, Address | None, float]],
 ) -> None:
-    """The same when restrictions on "*" are too many to fold into each table."""
-    with mock.patch.object(gate_module, "_FOLD_EVERY", 0):
+    """The same when restrictions on "*" or on globs are too many to fold into other tables."""
+    with (mock.patch.object(gate_module, "_FOLD_EVERY", 0),
+          mock.patch.object(gate_module, "_FOLD_PATTERNS", -1)):
         gate = RestrictionSet(restrictions)
     assert not gate._every_folded
+    assert not any(table.complete for table in gate._exact.values())
     for meeting, location, anonymous, address, now in batch:
         location = flagged(location, anonymous)
         expected = reference(restrictions, meeting, location, address, now)
