@@ -348,7 +348,7 @@ class RestrictionSet:
             A Decision listing every restriction in force that bars the participant, sorted by
             id; ``denied_by`` is the first enforced one, None to admit.
         """
-        found: list[Match] | None = None
+        found: tuple[Match, ...] | None = None
         # The "*" table, unless a table found below holds its restrictions already.
         every = self._every
         patterns = True
@@ -387,13 +387,14 @@ class RestrictionSet:
         if found is None:
             return _new(Decision, (meeting, location, (), None, self._version))
         if len(found) == 1:
-            matches: tuple[Match, ...] = (found[0],)
-        else:
-            # A restriction can match more than once (named through several patterns, or
-            # barring a location by region and as anonymous): its first match counts, so the
-            # reasons keep their order (see proxy.policy.decision).
-            by_id = {m.restriction.id: m for m in reversed(found)}
-            matches = tuple(by_id[key] for key in sorted(by_id))
+            restriction = found[0].restriction
+            denied_by = restriction if restriction.enforcement is _ENFORCE else None
+            return _new(Decision, (meeting, location, found, denied_by, self._version))
+        # A restriction can match more than once (named through several patterns, or barring a
+        # location by region and as anonymous): its first match counts, so the reasons keep
+        # their order (see proxy.policy.decision).
+        by_id = {m.restriction.id: m for m in reversed(found)}
+        matches = tuple(by_id[key] for key in sorted(by_id))
         denied_by = None
         for m in matches:
             if m.restriction.enforcement is _ENFORCE:
@@ -520,11 +521,11 @@ class RestrictionSet:
 
 def _apply(
     table: _Candidates,
-    found: list[Match] | None,
+    found: tuple[Match, ...] | None,
     location: Location,
     address: Address | None,
     now: float,
-) -> list[Match] | None:
+) -> tuple[Match, ...] | None:
     """Add the matches of one candidate table (the restrictions naming one pattern)."""
     country = location.country
     if country is not None:
@@ -549,19 +550,18 @@ def _apply(
 
 
 def _collect(
-    found: list[Match] | None,
+    found: tuple[Match, ...] | None,
     candidates: tuple[Match, ...],
     address: Address | None,
     now: float,
-) -> list[Match] | None:
+) -> tuple[Match, ...] | None:
     """Add the candidates in force whose exempt list spares not ``address``."""
     for match in candidates:
         r = match.restriction
         if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
-            if found is None:
-                found = [match]
-            else:
-                found.append(match)
+            # Found matches are kept in a tuple: most decisions with a match have one, and it
+            # goes into the Decision as it is.
+            found = (match,) if found is None else (*found, match)
     return found
 
 

@@ -195,6 +195,17 @@ def outcome(
     return denied, [(m.restriction.id, m.reason) for m in decision.matches]
 
 
+def assert_agrees_with_reference(
+    gate: RestrictionSet,
+    restrictions: list[Restriction],
+    batch: list[tuple[str, Location, bool, Address | None, float]],
+) -> None:
+    for meeting, location, anonymous, address, now in batch:
+        location = flagged(location, anonymous)
+        expected = reference(restrictions, meeting, location, address, now)
+        assert outcome(gate, meeting, location, address, now) == expected
+
+
 @ORACLE
 @given(restriction_lists(), st.lists(sessions, min_size=1, max_size=10))
 def test_decide_agrees_with_the_reference(
@@ -202,11 +213,7 @@ def test_decide_agrees_with_the_reference(
     batch: list[tuple[str, Location, bool, Address | None, float]],
 ) -> None:
     """decide() gives the same matches, reasons and denial as scanning every restriction."""
-    gate = RestrictionSet(restrictions)
-    for meeting, location, anonymous, address, now in batch:
-        location = flagged(location, anonymous)
-        expected = reference(restrictions, meeting, location, address, now)
-        assert outcome(gate, meeting, location, address, now) == expected
+    assert_agrees_with_reference(RestrictionSet(restrictions), restrictions, batch)
 
 
 @EXAMPLES
@@ -221,10 +228,7 @@ def test_decide_agrees_with_the_reference_with_nothing_folded(
         gate = RestrictionSet(restrictions)
     assert not gate._every_folded
     assert not any(table.complete for table in gate._exact.values())
-    for meeting, location, anonymous, address, now in batch:
-        location = flagged(location, anonymous)
-        expected = reference(restrictions, meeting, location, address, now)
-        assert outcome(gate, meeting, location, address, now) == expected
+    assert_agrees_with_reference(gate, restrictions, batch)
 
 
 @EXAMPLES
