@@ -10,7 +10,10 @@ indexed once, at construction:
 - per pattern, one candidate table: block restrictions keyed by region code, so a location looks
   up only its country and subdivision; allow-mode restrictions; and those that deny unknown or
   anonymous locations. In-force windows and exempt networks are checked on those few candidates
-  only. Nothing is compiled or cached per meeting id, so ids chosen by clients cannot grow memory.
+  only. Nothing is compiled or cached per meeting id, so ids chosen by clients cannot grow memory;
+- folding, so that most decisions read one table: a few restrictions on ``*`` are copied into
+  every table, and a few named by globs into the table of each exact id they match (which is then
+  complete for that id). Patterns named by the same restrictions share one table.
 
 Re-checks: when the set is replaced or a window opens, open sessions that may have become barred
 must be found without re-deciding every session. ``barred_pairs`` describes who the set bars as
