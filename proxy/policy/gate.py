@@ -392,6 +392,8 @@ class RestrictionSet:
         if len(found) == 1:
             restriction = found[0].restriction
             denied_by = restriction if restriction.enforcement is _ENFORCE else None
+            if type(found) is not tuple:
+                found = tuple(found)
             return _new(Decision, (meeting, location, found, denied_by, self._version))
         # A restriction can match more than once (named through several patterns, or barring a
         # location by region and as anonymous): its first match counts, so the reasons keep
@@ -559,6 +561,8 @@ def _collect(
     now: float,
 ) -> tuple[Match, ...] | None:
     """Add the candidates in force whose exempt list spares not ``address``."""
+    if type(candidates) is _Always:
+        return candidates if found is None else (*found, *candidates)
     for match in candidates:
         r = match.restriction
         if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
@@ -566,6 +570,23 @@ def _collect(
             # goes into the Decision as it is.
             found = (match,) if found is None else (*found, match)
     return found
+
+
+class _Always(tuple[Match, ...]):
+    """Candidates that apply whenever they are found: no window and no exempt networks.
+
+    Collecting them reads none of their restrictions: on a large set those are far apart in
+    memory, and a decision with a match spent most of its extra time fetching them.
+    """
+
+    __slots__ = ()
+
+
+def _hits(matches: list[Match]) -> tuple[Match, ...]:
+    if all(m.restriction.starts_at is None and m.restriction.ends_at is None
+           and not m.restriction.exempt for m in matches):
+        return _Always(matches)
+    return tuple(matches)
 
 
 def _compile(named: Iterable[Restriction], complete: bool = False) -> _Candidates:
@@ -585,7 +606,7 @@ def _compile(named: Iterable[Restriction], complete: bool = False) -> _Candidate
             unknown.append(Match(r, MatchReason.UNKNOWN))
         if r.anonymous is Treatment.DENY:
             anonymous.append(Match(r, MatchReason.ANONYMOUS))
-    table = _Candidates({region: tuple(ms) for region, ms in by_region.items()})
+    table = _Candidates({region: _hits(ms) for region, ms in by_region.items()})
     table.allow = tuple(allow)
     table.unknown = tuple(unknown)
     table.anonymous = tuple(anonymous)
