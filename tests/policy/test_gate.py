@@ -373,6 +373,15 @@ class TestMeetingPatterns:
         only_full = RestrictionSet([make("b", meetings=("room-?",))])
         assert only_full.scopes("room-7") and not only_full.scopes("room-77")
 
+    def test_a_restriction_gives_one_match_object_to_every_table(self) -> None:
+        """Tables holding the same restriction share its Match (and equal tables are one)."""
+        a, b = make("a", meetings=("m1", "m2", "m3", "x*")), make("b", meetings=("m2",))
+        gate = RestrictionSet([a, b])
+        seen = {id(gate.decide(m, BEIJING, V4, NOW).matches[0]) for m in ("m1", "m2", "m3", "x9")}
+        assert len(seen) == 1
+        assert [m.restriction.id for m in gate.decide("m2", BEIJING, V4, NOW).matches] == ["a", "b"]
+        assert gate._exact["m1"] is gate._exact["m3"] is not gate._exact["m2"]
+
     def test_several_patterns_of_one_restriction_match_once(self) -> None:
         """A restriction naming a meeting by several patterns yields one match."""
         gate = RestrictionSet([make(meetings=("m1", "m*", "*", "m?"))])
