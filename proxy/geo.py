@@ -18,7 +18,6 @@ the mapping of the running reader would see half-written.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import maxminddb
 
 from proxy.errors import AddressError, GeoIPError
+from proxy.files import FileSignature, file_signature
 from proxy.policy.regions import UNKNOWN, Location
 
 __all__ = [
@@ -609,7 +609,6 @@ class _Reader(Protocol):
     def close(self) -> None: ...
 
 
-_Signature = tuple[int, int, int]
 # Bound on the results shared per database network (see GeoResolver._resolve).
 _SHARED_RESULTS = 65536
 _LOOKUP_ERRORS: tuple[type[Exception], ...] = (*_INVALID_DATABASE, ValueError, TypeError,
@@ -626,18 +625,13 @@ _ANONYMOUS_KEYS = (
 )
 
 
-def _signature(path: Path) -> _Signature:
-    stat = os.stat(path)
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-
-
 @dataclass(frozen=True, slots=True)
 class _Database:
     """One open database and what is known about its file; swapped as a whole on reload."""
 
     path: Path
     reader: _Reader
-    signature: _Signature
+    signature: FileSignature
     build_epoch: int
     database_type: str
     ipv4_only: bool
@@ -652,7 +646,7 @@ def _open(path: Path) -> _Database:
     try:
         # Stat first: if the file is replaced between the two calls, the next check sees a
         # newer signature and loads again, rather than missing the change.
-        signature = _signature(path)
+        signature = file_signature(path)
         reader: _Reader
         if _rust is not None:
             reader = _rust.open_database(str(path), _rust.MODE_MMAP)
@@ -762,7 +756,7 @@ class GeoResolver:
                 raise
         # The signature each file had when last acted on (loaded, or failed to load), so a
         # broken file is reported once, not on every check.
-        self._seen: dict[str, _Signature | None] = {"main": self._main.signature}
+        self._seen: dict[str, FileSignature | None] = {"main": self._main.signature}
         if self._anonymous is not None:
             self._seen["anonymous"] = self._anonymous.signature
         self._closed = False
@@ -923,7 +917,7 @@ class GeoResolver:
                 continue
             path = current.path
             try:
-                signature: _Signature | None = _signature(path)
+                signature: FileSignature | None = file_signature(path)
                 problem = None
             except OSError as exc:
                 signature, problem = None, f"{path}: cannot read GeoIP database: {exc}"

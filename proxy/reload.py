@@ -28,6 +28,7 @@ from typing import Any
 
 from proxy.config import Snapshot, load_snapshot
 from proxy.errors import ConfigError
+from proxy.files import file_signature_or_none
 from proxy.geo import GeoResolver
 from proxy.policy.gate import BarredPair
 from proxy.sessions import Session
@@ -67,16 +68,6 @@ class ReloadOutcome:
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
-
-
-def _signature(path: Path | None) -> tuple[int, int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class Reloader:
@@ -139,7 +130,8 @@ class Reloader:
 
     def _file_signatures(self) -> tuple[object, ...]:
         config = self.state.config
-        return (_signature(self.config_path), _signature(config.restrictions.path))
+        return (file_signature_or_none(self.config_path),
+                file_signature_or_none(config.restrictions.path))
 
     async def _watch_files(self) -> None:
         while True:

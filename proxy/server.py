@@ -49,6 +49,7 @@ from proxy.errors import (
     ShuttingDown,
     UpstreamUnavailable,
 )
+from proxy.files import FileSignature, file_signature_or_none
 from proxy.frames import MessageAssembler, Opcode, apply_mask, parse_header
 from proxy.geo import GeoResolver, GeoResult, TrustedNetworks, client_address
 from proxy.handshake import (
@@ -763,7 +764,7 @@ class Server:
         self.state = ServerState(snapshot, geo)
         self._server: asyncio.Server | None = None
         self._ssl: ssl.SSLContext | None = None
-        self._ssl_seen: tuple[float, float] | None = None
+        self._ssl_seen: tuple[FileSignature | None, ...] | None = None
         from proxy.reload import Reloader
 
         assert snapshot.config.source is not None, "a snapshot loaded from a file"
@@ -798,7 +799,7 @@ class Server:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(listen.tls_cert, listen.tls_key)
-        self._ssl_seen = _mtimes(listen.tls_cert, listen.tls_key)
+        self._ssl_seen = _signatures(listen.tls_cert, listen.tls_key)
         return context
 
     async def start(self) -> None:
@@ -821,7 +822,7 @@ class Server:
         """Reload the TLS certificate when its files changed (a bad file leaves the old one)."""
         listen = self.state.config.listen
         if self._ssl is not None and listen.tls_cert and listen.tls_key:
-            seen = _mtimes(listen.tls_cert, listen.tls_key)
+            seen = _signatures(listen.tls_cert, listen.tls_key)
             if seen != self._ssl_seen:
                 self._ssl_seen = seen  # a broken file is reported once, not on every check
                 try:
@@ -889,9 +890,5 @@ class Server:
         await self.close(drain_period=0, timeout=1.0)
 
 
-def _mtimes(*paths: Path) -> tuple[float, float]:
-    try:
-        a, b = (p.stat().st_mtime_ns for p in paths)
-        return (a, b)
-    except OSError:
-        return (0, 0)
+def _signatures(*paths: Path | None) -> tuple[FileSignature | None, ...]:
+    return tuple(file_signature_or_none(path) for path in paths)
