@@ -27,8 +27,9 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from proxy.policy.decision import Decision, Match, MatchReason
 from proxy.policy.regions import Location, covered_by, location_keys
@@ -70,6 +71,7 @@ _FOLD_PATTERNS = 16
 # Decisions are built here valid by construction (sorted, first enforced denies): skip their
 # constructor's checks, which cost more than the rest of a decision without matches.
 _new = tuple.__new__
+_V = TypeVar("_V")
 _ENFORCE = Enforcement.ENFORCE
 
 
@@ -271,15 +273,8 @@ class RestrictionSet:
         def exact_table(meeting: str, named: list[Restriction]) -> _Candidates:
             # The globs naming an exact id are known now: a few are folded into its table, which
             # then answers for the meeting alone.
-            extra: list[Restriction] = []
-            for length in prefix_lengths:
-                if length <= len(meeting):
-                    extra += prefix_named.get(meeting[:length], ())
-            for length in glob_lengths:
-                if length <= len(meeting):
-                    for match, more in glob_named.get(meeting[:length], ()):
-                        if match(meeting) is not None:
-                            extra += more
+            extra = [r for more in _naming(meeting, prefix_named, prefix_lengths, glob_named,
+                                           glob_lengths) for r in more]
             if len(extra) > _FOLD_PATTERNS:
                 return table(named)
             return table(named + extra, complete=True)
@@ -354,14 +349,12 @@ class RestrictionSet:
             id; ``denied_by`` is the first enforced one, None to admit.
         """
         found: tuple[Match, ...] | None = None
-        # The "*" table, unless a table found below holds its restrictions already.
-        every = self._every
+        applied = False  # a table was applied: it holds the "*" restrictions when they are folded
         patterns = True
         table = self._exact.get(meeting)
         if table is not None:
             found = _apply(table, found, location, address, now)
-            if self._every_folded:
-                every = None
+            applied = True
             patterns = not table.complete
         if patterns and self._prefix_lengths:
             length = len(meeting)
@@ -372,8 +365,7 @@ class RestrictionSet:
                 table = prefixes.get(meeting[:prefix_length])
                 if table is not None:
                     found = _apply(table, found, location, address, now)
-                    if self._every_folded:
-                        every = None
+                    applied = True
         if patterns and self._glob_lengths:
             length = len(meeting)
             globs = self._globs
@@ -385,9 +377,9 @@ class RestrictionSet:
                     for match, table in entries:
                         if match(meeting) is not None:
                             found = _apply(table, found, location, address, now)
-                            if self._every_folded:
-                                every = None
-        if every is not None:
+                            applied = True
+        every = self._every
+        if every is not None and not (applied and self._every_folded):
             found = _apply(every, found, location, address, now)
         if found is None:
             return _new(Decision, (meeting, location, (), None, self._version))
@@ -416,19 +408,9 @@ class RestrictionSet:
         """
         if meeting in self._exact or self._every is not None:
             return True
-        length = len(meeting)
-        for prefix_length in self._prefix_lengths:
-            if prefix_length > length:
-                break
-            if meeting[:prefix_length] in self._prefixes:
-                return True
-        for prefix_length in self._glob_lengths:
-            if prefix_length > length:
-                break
-            entries = self._globs.get(meeting[:prefix_length])
-            if entries is not None and any(match(meeting) is not None for match, _ in entries):
-                return True
-        return False
+        naming = _naming(meeting, self._prefixes, self._prefix_lengths, self._globs,
+                         self._glob_lengths)
+        return next(naming, None) is not None
 
     # -- schedule and summary -------------------------------------------------------------------
 
@@ -526,6 +508,32 @@ class RestrictionSet:
         return frozenset(pairs)
 
 
+def _naming(
+    meeting: str,
+    prefixes: Mapping[str, _V],
+    prefix_lengths: tuple[int, ...],
+    globs: Mapping[str, Iterable[tuple[Callable[[str], object], _V]]],
+    glob_lengths: tuple[int, ...],
+) -> Iterator[_V]:
+    """What the "prefix*" patterns and the other globs naming ``meeting`` are indexed to.
+
+    ``decide`` walks the same dicts inline: it runs on every join, and a generator costs more.
+    """
+    length = len(meeting)
+    for prefix_length in prefix_lengths:
+        if prefix_length > length:
+            break
+        value = prefixes.get(meeting[:prefix_length])
+        if value is not None:
+            yield value
+    for prefix_length in glob_lengths:
+        if prefix_length > length:
+            break
+        for match, value in globs.get(meeting[:prefix_length], ()):
+            if match(meeting) is not None:
+                yield value
+
+
 def _apply(
     table: _Candidates,
     found: tuple[Match, ...] | None,
@@ -593,16 +601,14 @@ def _hits(matches: list[Match]) -> tuple[Match, ...]:
 
 def _compile(
     named: Iterable[Restriction],
-    complete: bool = False,
-    shared: dict[tuple[str, MatchReason], Match] | None = None,
+    complete: bool,
+    shared: dict[tuple[str, MatchReason], Match],
 ) -> _Candidates:
     """Index the restrictions that name one meeting, with the Match each rule gives.
 
     ``shared`` holds the Matches built so far, so that tables holding the same restriction share
     its Match: fewer objects for a decision to fetch from memory.
     """
-    if shared is None:
-        shared = {}
 
     def match_of(r: Restriction, reason: MatchReason) -> Match:
         match = shared.get((r.id, reason))
