@@ -8,10 +8,14 @@ denies, dry-run matches are only reported.
 ``MatchReason`` is defined in ``proxy.policy.restrictions``, next to ``Restriction.bars`` which
 produces it, and exported from here as part of the decision's vocabulary.
 
-Both are named tuples, not frozen dataclasses: the gate builds one Decision per join (and a Match
-per matching restriction), and a frozen dataclass costs about five times as much to build. The
-public constructors check the invariants; the gate, whose values hold them by construction, builds
-them with ``tuple.__new__``.
+A Decision holds its outcome, the matches and the denying restriction, as one ``Verdict``. The gate
+builds the verdicts of restrictions that apply whenever they are found (no window, no exempt
+networks) once, with its index, and a decision refers to one of them: on a large set, a decision
+with a match then fetches one object from memory rather than every match and restriction.
+
+All are named tuples, not frozen dataclasses: the gate builds one Decision per join, and a frozen
+dataclass costs about five times as much to build. The public constructors check the invariants;
+the gate, whose values hold them by construction, builds them with ``tuple.__new__``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import NamedTuple
 from proxy.policy.regions import Location
 from proxy.policy.restrictions import Enforcement, MatchReason, Restriction
 
-__all__ = ["Decision", "Match", "MatchReason"]
+__all__ = ["Decision", "Match", "MatchReason", "Verdict"]
 
 
 class Match(NamedTuple):
@@ -41,11 +45,44 @@ class Match(NamedTuple):
         return self.restriction.enforcement is Enforcement.ENFORCE
 
 
+class _VerdictFields(NamedTuple):
+    matches: tuple[Match, ...] = ()
+    denied_by: Restriction | None = None
+
+
+class Verdict(_VerdictFields):
+    """The outcome of a decision: what matched and what denies (immutable, shared).
+
+    Attributes:
+        matches: every matching restriction in force, sorted by restriction id.
+        denied_by: the first enforced match's restriction; None when admitted.
+
+    Raises:
+        ValueError: matches are not sorted by distinct id, or ``denied_by`` is not the first
+            enforced one.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, matches: tuple[Match, ...] = (), denied_by: Restriction | None = None,
+                ) -> Verdict:
+        matches = tuple(matches)
+        if not matches:
+            if denied_by is not None:
+                raise ValueError(f"denied_by: {denied_by.id!r} is not among the matches")
+        else:
+            _check(matches, denied_by)
+        return super().__new__(cls, matches, denied_by)
+
+
+ADMIT = Verdict()
+"""The verdict of a decision that nothing matched."""
+
+
 class _DecisionFields(NamedTuple):
     meeting: str
     location: Location
-    matches: tuple[Match, ...] = ()
-    denied_by: Restriction | None = None
+    verdict: Verdict = ADMIT
     version: int | str = 0
 
 
@@ -55,9 +92,16 @@ class Decision(_DecisionFields):
     Attributes:
         meeting: the meeting id.
         location: the participant's resolved location.
-        matches: every matching restriction in force, sorted by restriction id.
-        denied_by: the first enforced match's restriction; None when admitted.
+        verdict: the matches and the denying restriction (also read as ``matches`` and
+            ``denied_by``).
         version: the version of the restriction set the decision was made with.
+
+    Args:
+        meeting: the meeting id.
+        location: the participant's resolved location.
+        matches: every matching restriction in force, sorted by restriction id.
+        denied_by: the first enforced match's restriction; None to admit.
+        version: the version of the restriction set.
 
     Raises:
         ValueError: matches are not sorted by id, or ``denied_by`` is not the first enforced one.
@@ -73,17 +117,28 @@ class Decision(_DecisionFields):
         denied_by: Restriction | None = None,
         version: int | str = 0,
     ) -> Decision:
-        if not matches:
-            if denied_by is not None:
-                raise ValueError(f"denied_by: {denied_by.id!r} is not among the matches")
-        else:
-            _check(matches, denied_by)
-        return super().__new__(cls, meeting, location, matches, denied_by, version)
+        verdict = Verdict(matches, denied_by) if matches or denied_by is not None else ADMIT
+        return super().__new__(cls, meeting, location, verdict, version)
+
+    def __getnewargs__(self) -> tuple[str, Location, tuple[Match, ...], Restriction | None,
+                                      int | str]:
+        """The constructor's arguments, for copy and pickle."""
+        return (self.meeting, self.location, *self.verdict, self.version)
+
+    @property
+    def matches(self) -> tuple[Match, ...]:
+        """Every matching restriction in force, sorted by restriction id."""
+        return self.verdict.matches
+
+    @property
+    def denied_by(self) -> Restriction | None:
+        """The first enforced match's restriction; None when admitted."""
+        return self.verdict.denied_by
 
     @property
     def allowed(self) -> bool:
         """Whether the participant is admitted."""
-        return self.denied_by is None
+        return self.verdict.denied_by is None
 
     @property
     def denial(self) -> Match | None:

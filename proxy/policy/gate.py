@@ -10,7 +10,8 @@ indexed once, at construction:
 - per pattern, one candidate table: block restrictions keyed by region code, so a location looks
   up only its country and subdivision; allow-mode restrictions; and those that deny unknown or
   anonymous locations. In-force windows and exempt networks are checked on those few candidates
-  only. Nothing is compiled or cached per meeting id, so ids chosen by clients cannot grow memory;
+  only; an entry whose restrictions have neither holds the verdict of its decisions, built once.
+  Nothing is compiled or cached per meeting id, so ids chosen by clients cannot grow memory;
 - folding, so that most decisions read one table: a few restrictions on ``*`` are copied into
   every table, and a few named by globs into the table of each exact id they match (which is then
   complete for that id). Patterns named by the same restrictions share one table.
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from proxy.policy.decision import Decision, Match, MatchReason
+from proxy.policy.decision import ADMIT, Decision, Match, MatchReason, Verdict
 from proxy.policy.regions import Location, covered_by, location_keys
 from proxy.policy.restrictions import (
     Address,
@@ -144,22 +145,32 @@ class BarredPair:
         return f"{self.meeting} x {region}{exempt}"
 
 
-class _Candidates(dict[str, tuple[Match, ...]]):
+# What a decision has found so far: nothing, one table entry's shared verdict, or matches.
+_Found = Verdict | tuple[Match, ...] | None
+# A table entry: the shared verdict of restrictions that apply whenever they are found (no
+# window, no exempt networks), or matches whose window and exempt networks are checked per
+# decision.
+_Hits = Verdict | tuple[Match, ...]
+
+
+class _Candidates(dict[str, _Hits]):
     """The restrictions that name one meeting pattern, indexed for ``decide``. Never mutated.
 
     The mapping itself holds the block restrictions by region code (a location looks up only its
     country and subdivision); the attributes hold the allow-mode restrictions and those that deny
     unknown or anonymous locations. One object rather than a record pointing at a dict: most
     decisions find no match, and each object a decision follows on a large set is a likely cache
-    miss. Each entry is the Match a restriction gives for that rule, built once here: a decision
-    shares them rather than building one per join.
+    miss. The Matches and verdicts of the entries are built once per set and shared (``_Shared``):
+    a decision with a match built none of its own, and when its restrictions have no window and
+    no exempt networks it refers to the entry's verdict without reading them.
     """
 
     __slots__ = ("allow", "anonymous", "complete", "unknown")
 
-    allow: tuple[Match, ...]
-    unknown: tuple[Match, ...]
-    anonymous: tuple[Match, ...]
+    # (allowed regions, entry) per allow-mode restriction
+    allow: tuple[tuple[frozenset[str], _Hits], ...]
+    unknown: _Hits
+    anonymous: _Hits
     # An exact meeting id's table that also holds every glob naming that id.
     complete: bool
 
@@ -240,8 +251,7 @@ class RestrictionSet:
         # thousands of meeting ids costs one table, not thousands, and a smaller index stays in
         # the CPU caches between decisions.
         tables: dict[tuple[object, ...], _Candidates] = {}
-        # One Match per (restriction, reason), shared by every table that holds it.
-        shared: dict[tuple[str, MatchReason], Match] = {}
+        shared = _Shared()
         # A few restrictions on every meeting are folded into every table: a decision that finds
         # a table then needs no second one. Many are kept apart, or each table would copy them.
         every_folded = 0 < len(every) <= _FOLD_EVERY
@@ -348,7 +358,7 @@ class RestrictionSet:
             A Decision listing every restriction in force that bars the participant, sorted by
             id; ``denied_by`` is the first enforced one, None to admit.
         """
-        found: tuple[Match, ...] | None = None
+        found: _Found = None
         applied = False  # a table was applied: it holds the "*" restrictions when they are folded
         patterns = True
         table = self._exact.get(meeting)
@@ -382,13 +392,14 @@ class RestrictionSet:
         if every is not None and not (applied and self._every_folded):
             found = _apply(every, found, location, address, now)
         if found is None:
-            return _new(Decision, (meeting, location, (), None, self._version))
+            return _new(Decision, (meeting, location, ADMIT, self._version))
+        if isinstance(found, Verdict):
+            return _new(Decision, (meeting, location, found, self._version))
         if len(found) == 1:
             restriction = found[0].restriction
             denied_by = restriction if restriction.enforcement is _ENFORCE else None
-            if type(found) is not tuple:
-                found = tuple(found)
-            return _new(Decision, (meeting, location, found, denied_by, self._version))
+            verdict = _new(Verdict, (found, denied_by))
+            return _new(Decision, (meeting, location, verdict, self._version))
         # A restriction can match more than once (named through several patterns, or barring a
         # location by region and as anonymous): its first match counts, so the reasons keep
         # their order (see proxy.policy.decision).
@@ -399,7 +410,8 @@ class RestrictionSet:
             if m.restriction.enforcement is _ENFORCE:
                 denied_by = m.restriction
                 break
-        return _new(Decision, (meeting, location, matches, denied_by, self._version))
+        verdict = _new(Verdict, (matches, denied_by))
+        return _new(Decision, (meeting, location, verdict, self._version))
 
     def scopes(self, meeting: str) -> bool:
         """Whether any restriction (in force or not, enforced or dry run) names this meeting.
@@ -536,11 +548,11 @@ def _naming(
 
 def _apply(
     table: _Candidates,
-    found: tuple[Match, ...] | None,
+    found: _Found,
     location: Location,
     address: Address | None,
     now: float,
-) -> tuple[Match, ...] | None:
+) -> _Found:
     """Add the matches of one candidate table (the restrictions naming one pattern)."""
     country = location.country
     if country is not None:
@@ -553,10 +565,9 @@ def _apply(
                 hits = table.get(subdivision)
                 if hits is not None:
                     found = _collect(found, hits, address, now)
-        for match in table.allow:
-            regions = match.restriction.regions
+        for regions, hits in table.allow:
             if country not in regions and (subdivision is None or subdivision not in regions):
-                found = _collect(found, (match,), address, now)
+                found = _collect(found, hits, address, now)
     elif table.unknown:
         found = _collect(found, table.unknown, address, now)
     if location.anonymous and table.anonymous:
@@ -564,77 +575,78 @@ def _apply(
     return found
 
 
-def _collect(
-    found: tuple[Match, ...] | None,
-    candidates: tuple[Match, ...],
-    address: Address | None,
-    now: float,
-) -> tuple[Match, ...] | None:
-    """Add the candidates in force whose exempt list spares not ``address``."""
-    if type(candidates) is _Always:
-        return candidates if found is None else (*found, *candidates)
-    for match in candidates:
+def _collect(found: _Found, hits: _Hits, address: Address | None, now: float) -> _Found:
+    """Add the hits in force whose exempt list spares not ``address``."""
+    if isinstance(hits, Verdict):
+        # Taken as they are: none of their matches or restrictions is read. On a large set
+        # those lie far apart in memory, and fetching them was most of the extra time of a
+        # decision with a match.
+        if found is None:
+            return hits
+        return (*(found.matches if isinstance(found, Verdict) else found), *hits.matches)
+    for match in hits:
         r = match.restriction
         if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
-            # Found matches are kept in a tuple: most decisions with a match have one, and it
-            # goes into the Decision as it is.
-            found = (match,) if found is None else (*found, match)
+            if found is None:
+                found = (match,)
+            else:
+                found = (*(found.matches if isinstance(found, Verdict) else found), match)
     return found
 
 
-class _Always(tuple[Match, ...]):
-    """Candidates that apply whenever they are found: no window and no exempt networks.
+class _Shared:
+    """The Matches and verdicts of one set, each built once and shared by every table holding it.
 
-    Collecting them reads none of their restrictions: on a large set those are far apart in
-    memory, and a decision with a match spent most of its extra time fetching them.
+    Fewer distinct objects for decisions to fetch from memory, and a smaller index.
     """
 
-    __slots__ = ()
+    __slots__ = ("_matches", "_verdicts")
 
+    def __init__(self) -> None:
+        self._matches: dict[tuple[str, MatchReason], Match] = {}
+        self._verdicts: dict[tuple[int, ...], Verdict] = {}
 
-def _hits(matches: list[Match]) -> tuple[Match, ...]:
-    if all(m.restriction.starts_at is None and m.restriction.ends_at is None
-           and not m.restriction.exempt for m in matches):
-        return _Always(matches)
-    return tuple(matches)
-
-
-def _compile(
-    named: Iterable[Restriction],
-    complete: bool,
-    shared: dict[tuple[str, MatchReason], Match],
-) -> _Candidates:
-    """Index the restrictions that name one meeting, with the Match each rule gives.
-
-    ``shared`` holds the Matches built so far, so that tables holding the same restriction share
-    its Match: fewer objects for a decision to fetch from memory.
-    """
-
-    def match_of(r: Restriction, reason: MatchReason) -> Match:
-        match = shared.get((r.id, reason))
+    def match(self, r: Restriction, reason: MatchReason) -> Match:
+        """The Match restriction ``r`` gives for ``reason``."""
+        match = self._matches.get((r.id, reason))
         if match is None:
-            match = shared[r.id, reason] = Match(r, reason)
+            match = self._matches[r.id, reason] = Match(r, reason)
         return match
 
+    def hits(self, matches: list[Match]) -> _Hits:
+        """A table entry for ``matches`` (sorted by distinct restriction id)."""
+        if not matches or any(m.restriction.starts_at is not None or m.restriction.ends_at
+                              is not None or m.restriction.exempt for m in matches):
+            return tuple(matches)
+        key = tuple(map(id, matches))  # the Matches are shared, and kept alive here
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            denied_by = next((m.restriction for m in matches if m.enforced), None)
+            verdict = self._verdicts[key] = Verdict(tuple(matches), denied_by)
+        return verdict
+
+
+def _compile(named: Iterable[Restriction], complete: bool, shared: _Shared) -> _Candidates:
+    """Index the restrictions that name one meeting, with the Match each rule gives."""
     by_region: dict[str, list[Match]] = {}
-    allow: list[Match] = []
+    allow: list[tuple[frozenset[str], _Hits]] = []
     unknown: list[Match] = []
     anonymous: list[Match] = []
     for r in named:
         if r.mode is Mode.BLOCK:
-            region_match = match_of(r, MatchReason.REGION)
+            region_match = shared.match(r, MatchReason.REGION)
             for region in r.regions:
                 by_region.setdefault(region, []).append(region_match)
         else:
-            allow.append(match_of(r, MatchReason.OUTSIDE_ALLOWED))
+            allow.append((r.regions, shared.hits([shared.match(r, MatchReason.OUTSIDE_ALLOWED)])))
         if r.unknown is Treatment.DENY:
-            unknown.append(match_of(r, MatchReason.UNKNOWN))
+            unknown.append(shared.match(r, MatchReason.UNKNOWN))
         if r.anonymous is Treatment.DENY:
-            anonymous.append(match_of(r, MatchReason.ANONYMOUS))
-    table = _Candidates({region: _hits(ms) for region, ms in by_region.items()})
+            anonymous.append(shared.match(r, MatchReason.ANONYMOUS))
+    table = _Candidates({region: shared.hits(ms) for region, ms in by_region.items()})
     table.allow = tuple(allow)
-    table.unknown = tuple(unknown)
-    table.anonymous = tuple(anonymous)
+    table.unknown = shared.hits(unknown)
+    table.anonymous = shared.hits(anonymous)
     table.complete = complete
     return table
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
 
-from proxy.policy.decision import Decision, Match, MatchReason
+from proxy.policy.decision import ADMIT, Decision, Match, MatchReason, Verdict
 from proxy.policy.regions import Location
 from proxy.policy.restrictions import Enforcement, Mode, Restriction
 
@@ -121,3 +123,33 @@ def test_reason_is_shared_with_restrictions() -> None:
     from proxy.policy import restrictions
 
     assert MatchReason is restrictions.MatchReason
+
+
+def test_verdict_checks_like_a_decision() -> None:
+    """A Verdict refuses what a Decision refuses: unsorted, duplicated, wrong denied_by."""
+    a, b = Match(ENFORCED_A, MatchReason.REGION), Match(ENFORCED_B, MatchReason.REGION)
+    with pytest.raises(ValueError, match=r"matches: \['b', 'a'\]"):
+        Verdict((b, a), ENFORCED_B)
+    with pytest.raises(ValueError, match=r"denied_by: 'b'"):
+        Verdict((a, b), ENFORCED_B)
+    with pytest.raises(ValueError, match=r"denied_by: 'a' is not among"):
+        Verdict((), ENFORCED_A)
+    assert Verdict([a, b], ENFORCED_A).matches == (a, b)  # any sequence, kept as a tuple
+
+
+def test_decision_reads_its_verdict() -> None:
+    """matches and denied_by are the verdict's; an admitted decision holds ADMIT."""
+    a = Match(ENFORCED_A, MatchReason.REGION)
+    d = Decision("m1", HERE, (a,), ENFORCED_A, version=3)
+    assert d.verdict == Verdict((a,), ENFORCED_A)
+    assert (d.matches, d.denied_by) == ((a,), ENFORCED_A)
+    assert Decision("m1", HERE).verdict is ADMIT
+    assert Decision("m1", HERE) == Decision("m1", HERE, (), None, 0)
+
+
+def test_decision_survives_copy_and_pickle() -> None:
+    """copy and pickle rebuild a decision through its constructor's arguments."""
+    d = Decision("m1", HERE, (Match(DRY_0, MatchReason.REGION),), None, version="v")
+    assert copy.copy(d) == d
+    assert copy.deepcopy(d) == d
+    assert pickle.loads(pickle.dumps(d)) == d

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.policy.decision import MatchReason
+from proxy.policy.decision import ADMIT, MatchReason
 from proxy.policy.gate import (
     ANONYMOUS_REGION,
     OUTSIDE_ALLOWED_REGION,
@@ -381,6 +381,27 @@ class TestMeetingPatterns:
         assert len(seen) == 1
         assert [m.restriction.id for m in gate.decide("m2", BEIJING, V4, NOW).matches] == ["a", "b"]
         assert gate._exact["m1"] is gate._exact["m3"] is not gate._exact["m2"]
+
+    def test_decisions_share_the_verdict_of_an_entry_that_always_applies(self) -> None:
+        """With no window and no exempt networks, a table entry's verdict is built once."""
+        gate = RestrictionSet([make("a", meetings=("m1", "m2")), make("b", meetings=("m1",),
+                                                                   regions={"CN"})])
+        first = gate.decide("m1", BEIJING, V4, NOW)
+        assert gate.decide("m1", BEIJING, V6, NOW + 1).verdict is first.verdict
+        assert [m.restriction.id for m in first.matches] == ["a", "b"]
+        assert first.denied_by is not None and first.denied_by.id == "a"
+        assert gate.decide("m2", CA, V4, NOW).verdict is ADMIT
+
+    def test_an_entry_that_always_applies_combines_with_a_checked_one(self) -> None:
+        """A shared verdict and a windowed match found together give both, sorted, in force."""
+        windowed = make("a", meetings=("m*",), starts_at=NOW, ends_at=NOW + 10)
+        gate = RestrictionSet([windowed, make("b", meetings=("m1",),
+                                              enforcement=Enforcement.DRY_RUN)])
+        both = gate.decide("m1", BEIJING, V4, NOW)
+        assert [m.restriction.id for m in both.matches] == ["a", "b"]
+        assert both.denied_by is windowed
+        later = gate.decide("m1", BEIJING, V4, NOW + 10)
+        assert [m.restriction.id for m in later.matches] == ["b"] and later.allowed
 
     def test_several_patterns_of_one_restriction_match_once(self) -> None:
         """A restriction naming a meeting by several patterns yields one match."""
