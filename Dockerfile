@@ -14,9 +14,15 @@ WORKDIR /opt/geogate
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY loadtests ./loadtests
-RUN python -m venv /opt/geogate/.venv \
+# The C compiler builds the gate's index of meeting ids (proxy/_strindex.c) and is then removed.
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
+    && python -m venv /opt/geogate/.venv \
     && /opt/geogate/.venv/bin/pip install -q --upgrade pip \
     && /opt/geogate/.venv/bin/pip install -q . \
+    && /opt/geogate/.venv/bin/python -c "import proxy._strindex" \
+    && apt-get purge -y -qq gcc libc6-dev >/dev/null && apt-get autoremove -y -qq >/dev/null \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin geogate
 
 # The runnable demo default; mount your own folder over /etc/geogate in production.

@@ -30,6 +30,7 @@ from proxy.geo import GeoResolver, TrustedNetworks, client_address
 from proxy.geoip_build import build_anonymous_from_csv, build_from_csv
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.restrictions import Restriction
+from proxy.strindex import NATIVE
 
 __all__ = ["main"]
 
@@ -118,8 +119,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         print(f"  anonymous-ip  {config.geoip.anonymous_database} (built "
               f"{_utc(resolver.anonymous_build_epoch)})", file=out)
     resolver.close()
-    print(f"  restrictions  {config.restrictions.path}: {len(rset)} (version {rset.version})",
-          file=out)
+    print(f"  restrictions  {config.restrictions.path}: {len(rset)} (version {rset.version}; "
+          f"meeting id index: {'StrIndex' if NATIVE else 'dict, C index not built'})", file=out)
     in_force = [r for r in rset.in_force(now) if r.enforcement.value == "enforce"]
     dry = [r for r in rset.dry_run() if r.in_force(now)]
     groups = (

@@ -46,6 +46,7 @@ from proxy.policy.restrictions import (
     is_glob,
     meeting_matches,
 )
+from proxy.strindex import index_of
 
 __all__ = [
     "ANONYMOUS_REGION",
@@ -211,7 +212,7 @@ class RestrictionSet:
     _version: int | str
     _restrictions: tuple[Restriction, ...]
     _by_id: dict[str, Restriction]
-    _exact: dict[str, _Candidates]
+    _exact: Mapping[str, _Candidates]
     _prefixes: dict[str, _Candidates]
     _prefix_lengths: tuple[int, ...]
     _globs: dict[str, tuple[tuple[Callable[[str], object], _Candidates], ...]]
@@ -299,7 +300,8 @@ class RestrictionSet:
         init(self, "_version", version)
         init(self, "_restrictions", ordered)
         init(self, "_by_id", {r.id: r for r in ordered})
-        init(self, "_exact", {key: exact_table(key, value) for key, value in exact.items()})
+        init(self, "_exact", index_of({key: exact_table(key, value)
+                                       for key, value in exact.items()}))
         init(self, "_prefixes", {key: table(value) for key, value in prefix_named.items()})
         init(self, "_prefix_lengths", prefix_lengths)
         init(self, "_globs", {key: tuple((match, table(named)) for match, named in value)
