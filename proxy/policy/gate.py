@@ -405,8 +405,18 @@ class RestrictionSet:
         # A restriction can match more than once (named through several patterns, or barring a
         # location by region and as anonymous): its first match counts, so the reasons keep
         # their order (see proxy.policy.decision).
-        by_id = {m.restriction.id: m for m in reversed(found)}
-        matches = tuple(by_id[key] for key in sorted(by_id))
+        if len(found) == 2:  # most decisions with several matches: no dict, no sort
+            first, second = found
+            a, b = first.restriction, second.restriction
+            if a is b:
+                matches: tuple[Match, ...] = (first,)
+            elif a.id < b.id:
+                matches = found
+            else:
+                matches = (second, first)
+        else:
+            by_id = {m.restriction.id: m for m in reversed(found)}
+            matches = tuple(by_id[key] for key in sorted(by_id))
         denied_by = None
         for m in matches:
             if m.restriction.enforcement is _ENFORCE:
