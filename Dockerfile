@@ -14,13 +14,13 @@ WORKDIR /opt/geogate
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY loadtests ./loadtests
-# The C compiler builds the gate's index of meeting ids (proxy/_strindex.c) and is then removed.
+# The C compiler builds the gate's native parts (proxy/_native.c) and is then removed.
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null \
     && python -m venv /opt/geogate/.venv \
     && /opt/geogate/.venv/bin/pip install -q --upgrade pip \
     && /opt/geogate/.venv/bin/pip install -q . \
-    && /opt/geogate/.venv/bin/python -c "import proxy._strindex" \
+    && /opt/geogate/.venv/bin/python -c "import proxy._native" \
     && apt-get purge -y -qq gcc libc6-dev >/dev/null && apt-get autoremove -y -qq >/dev/null \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin geogate

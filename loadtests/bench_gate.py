@@ -35,10 +35,10 @@ from proxy.geo import (
     client_address,
 )
 from proxy.geoip_build import CsvRow, build_database
+from proxy.native import NATIVE
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.restrictions import Mode, Restriction
 from proxy.service import tune_gc
-from proxy.strindex import NATIVE
 
 COUNTRIES = [
     "US", "CN", "DE", "FR", "GB", "RU", "IN", "BR", "JP", "KR", "HK", "TW", "IR", "TR", "IT", "ES",
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             "uncached": GeoResolver(GeoIPSettings(db, cache_size=0)),
             "cached": GeoResolver(GeoIPSettings(db, cache_size=65536)),
         }
-        print(f"GeoIP reader: {resolvers['uncached'].reader_name}; meeting id index: "
-              f"{'StrIndex' if NATIVE else 'dict (C index not built)'}")
+        print(f"GeoIP reader: {resolvers['uncached'].reader_name}; gate parts: "
+              f"{'C' if NATIVE else 'Python (C parts not built)'}")
         uncached_samples = [(rng.choice(addresses), rng.choice(meetings))
                             for _ in range(args.samples)]
         hot = rng.sample(addresses, min(1000, len(addresses)))

@@ -28,9 +28,9 @@ from proxy.config import Config, load_config, load_restrictions, parse_overrides
 from proxy.errors import ConfigError, GeogateError, GeoIPError
 from proxy.geo import GeoResolver, TrustedNetworks, client_address
 from proxy.geoip_build import build_anonymous_from_csv, build_from_csv
+from proxy.native import NATIVE
 from proxy.policy.gate import RestrictionSet
 from proxy.policy.restrictions import Restriction
-from proxy.strindex import NATIVE
 
 __all__ = ["main"]
 
@@ -120,7 +120,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
               f"{_utc(resolver.anonymous_build_epoch)})", file=out)
     resolver.close()
     print(f"  restrictions  {config.restrictions.path}: {len(rset)} (version {rset.version}; "
-          f"meeting id index: {'StrIndex' if NATIVE else 'dict, C index not built'})", file=out)
+          f"gate parts: {'C' if NATIVE else 'Python, C parts not built, slower'})", file=out)
     in_force = [r for r in rset.in_force(now) if r.enforcement.value == "enforce"]
     dry = [r for r in rset.dry_run() if r.in_force(now)]
     groups = (

@@ -3,15 +3,17 @@
 A decision must cost a few microseconds however many restrictions there are, so the set is
 indexed once, at construction:
 
-- meeting patterns: exact ids in a dict; ``prefix*`` patterns in a dict keyed by their prefix;
+- meeting patterns: exact ids in a ``StrIndex`` (proxy/native.py: one cache line per lookup on a
+  large set, where a dict takes two or three); ``prefix*`` patterns in a dict keyed by their prefix;
   other globs in a dict keyed by their literal prefix (the text before the first wildcard) and
   matched in full. The distinct prefix lengths are kept, so finding the patterns that may name a
   meeting costs one dict lookup per distinct length; ``*`` is kept apart;
 - per pattern, one candidate table: block restrictions keyed by region code, so a location looks
   up only its country and subdivision; allow-mode restrictions; and those that deny unknown or
-  anonymous locations. In-force windows and exempt networks are checked on those few candidates
-  only; an entry whose restrictions have neither holds the verdict of its decisions, built once.
-  Nothing is compiled or cached per meeting id, so ids chosen by clients cannot grow memory;
+  anonymous locations. An entry holds the verdict its decisions share, built once; for
+  restrictions with a window, a schedule of those verdicts between their window edges. Exempt
+  networks are checked per decision, on those few candidates only. Nothing is compiled or cached
+  per meeting id, so ids chosen by clients cannot grow memory;
 - folding, so that most decisions read one table: a few restrictions on ``*`` are copied into
   every table, and a few named by globs into the table of each exact id they match (which is then
   complete for that id). Patterns named by the same restrictions share one table.
@@ -27,11 +29,13 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeAlias, TypeVar, cast
 
+from proxy.native import PySchedule, Schedule, index_of, schedule_of
 from proxy.policy.decision import ADMIT, Decision, Match, MatchReason, Verdict
 from proxy.policy.regions import Location, covered_by, location_keys
 from proxy.policy.restrictions import (
@@ -46,7 +50,6 @@ from proxy.policy.restrictions import (
     is_glob,
     meeting_matches,
 )
-from proxy.strindex import index_of
 
 __all__ = [
     "ANONYMOUS_REGION",
@@ -149,9 +152,11 @@ class BarredPair:
 # What a decision has found so far: nothing, one table entry's shared verdict, or matches.
 _Found = Verdict | tuple[Match, ...] | None
 # A table entry: the shared verdict of restrictions that apply whenever they are found (no
-# window, no exempt networks), or matches whose window and exempt networks are checked per
-# decision.
-_Hits = Verdict | tuple[Match, ...]
+# window, no exempt networks); for restrictions with a window and no exempt networks, a schedule
+# of the verdicts between their window edges (None where none is in force); or matches whose
+# window and exempt networks are checked per decision.
+_Schedule: TypeAlias = "Schedule[Verdict | None] | PySchedule[Verdict | None]"
+_Hits: TypeAlias = "Verdict | _Schedule | tuple[Match, ...]"
 
 
 class _Candidates(dict[str, _Hits]):
@@ -590,32 +595,40 @@ def _apply(
 def _collect(found: _Found, hits: _Hits, address: Address | None, now: float) -> _Found:
     """Add the hits in force whose exempt list spares not ``address``."""
     if isinstance(hits, Verdict):
-        # Taken as they are: none of their matches or restrictions is read. On a large set
-        # those lie far apart in memory, and fetching them was most of the extra time of a
-        # decision with a match.
-        if found is None:
-            return hits
-        return (*(found.matches if isinstance(found, Verdict) else found), *hits.matches)
-    for match in hits:
-        r = match.restriction
-        if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
-            if found is None:
-                found = (match,)
-            else:
-                found = (*(found.matches if isinstance(found, Verdict) else found), match)
-    return found
+        # Taken as it is: none of its matches or restrictions is read. On a large set those lie
+        # far apart in memory, and fetching them was most of the extra time of a decision with
+        # a match.
+        verdict = hits
+    elif isinstance(hits, tuple):
+        for match in cast("tuple[Match, ...]", hits):  # not a Verdict, which mypy cannot tell
+            r = match.restriction
+            if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
+                if found is None:
+                    found = (match,)
+                else:
+                    found = (*(found.matches if isinstance(found, Verdict) else found), match)
+        return found
+    else:  # a schedule: the verdict at this time, if any is in force
+        scheduled = hits.at(now)
+        if scheduled is None:
+            return found
+        verdict = scheduled
+    if found is None:
+        return verdict
+    return (*(found.matches if isinstance(found, Verdict) else found), *verdict.matches)
 
 
 class _Shared:
-    """The Matches and verdicts of one set, each built once and shared by every table holding it.
+    """The Matches and entries of one set, each built once and shared by every table holding it.
 
     Fewer distinct objects for decisions to fetch from memory, and a smaller index.
     """
 
-    __slots__ = ("_matches", "_verdicts")
+    __slots__ = ("_entries", "_matches", "_verdicts")
 
     def __init__(self) -> None:
         self._matches: dict[tuple[str, MatchReason], Match] = {}
+        self._entries: dict[tuple[int, ...], Verdict | _Schedule] = {}
         self._verdicts: dict[tuple[int, ...], Verdict] = {}
 
     def match(self, r: Restriction, reason: MatchReason) -> Match:
@@ -627,10 +640,33 @@ class _Shared:
 
     def hits(self, matches: list[Match]) -> _Hits:
         """A table entry for ``matches`` (sorted by distinct restriction id)."""
-        if not matches or any(m.restriction.starts_at is not None or m.restriction.ends_at
-                              is not None or m.restriction.exempt for m in matches):
+        if not matches or any(m.restriction.exempt for m in matches):
             return tuple(matches)
         key = tuple(map(id, matches))  # the Matches are shared, and kept alive here
+        entry = self._entries.get(key)
+        if entry is None:
+            edges = sorted({edge for m in matches for edge in (m.restriction.starts_at,
+                                                                  m.restriction.ends_at)
+                            if edge is not None})
+            if edges:
+                # In force from starts_at (included) to ends_at (excluded): between two edges
+                # the same restrictions are in force as at the first one.
+                at = [-math.inf, *edges]
+                entry = schedule_of(edges, [self.verdict(matches, t) for t in at],
+                                    self.verdict(matches, math.nan))
+            else:
+                always = self.verdict(matches, 0.0)
+                assert always is not None  # no window: in force at any time
+                entry = always
+            self._entries[key] = entry
+        return entry
+
+    def verdict(self, matches: list[Match], now: float) -> Verdict | None:
+        """The verdict of those of ``matches`` in force at ``now``; None when none is."""
+        matches = [m for m in matches if m.restriction.in_force(now)]
+        if not matches:
+            return None
+        key = tuple(map(id, matches))
         verdict = self._verdicts.get(key)
         if verdict is None:
             denied_by = next((m.restriction for m in matches if m.enforced), None)

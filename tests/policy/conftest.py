@@ -1,4 +1,4 @@
-"""Every test of the policy core runs twice: with the C index of exact meeting ids, and a dict."""
+"""Every test of the policy core runs twice: on the gate's C parts, and on their fallbacks."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from functools import partial
 
 import pytest
 
+from proxy.native import index_of, schedule_of
 from proxy.policy import gate
-from proxy.strindex import index_of
 
 
-@pytest.fixture(scope="package", params=["StrIndex", "dict"], autouse=True)
-def exact_index(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Which index the gate builds for exact meeting ids in this run of the tests."""
+@pytest.fixture(scope="package", params=["native", "python"], autouse=True)
+def gate_parts(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which parts the gate builds its index from in this run of the tests."""
+    native = request.param == "native"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gate, "index_of", partial(index_of, native=request.param == "StrIndex"))
+        patch.setattr(gate, "index_of", partial(index_of, native=native))
+        patch.setattr(gate, "schedule_of", partial(schedule_of, native=native))
         yield request.param

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
@@ -252,6 +253,23 @@ class TestWindows:
         assert decide(gate, BEIJING, now=NOW - 1) == (None, [])
         assert decide(gate, BEIJING, now=NOW)[0] == "r1"
         assert decide(gate, BEIJING, now=NOW + 60) == (None, [])
+
+    def test_verdicts_follow_the_time_back_and_forth(self) -> None:
+        """Scheduled verdicts follow every time given, in any order, for shared entries."""
+        a = make("a", meetings=("m1", "m2"), starts_at=NOW, ends_at=NOW + 10)
+        b = make("b", meetings=("m1", "m2"), starts_at=NOW + 5,
+                 enforcement=Enforcement.DRY_RUN)
+        c = make("c", meetings=("m2",))  # no window: in an entry with the windowed ones
+        gate = RestrictionSet([a, b, c])
+        times = [NOW + 6, NOW - 1, NOW + 6, NOW + 11, NOW, NOW + 5, NOW + 9.999, NOW + 10,
+                 NOW - 1e9, math.inf, -math.inf, math.nan, NOW + 11, math.nan, NOW + 7]
+        for now in [*times, *reversed(times)]:
+            for meeting, rs in (("m1", (a, b)), ("m2", (a, b, c))):
+                expected = [r.id for r in rs if r.in_force(now)]
+                got = gate.decide(meeting, BEIJING, V4, now)
+                assert [m.restriction.id for m in got.matches] == expected, (meeting, now)
+                enforced = [r for r in rs if r.in_force(now) and r is not b]
+                assert got.denied_by is (enforced[0] if enforced else None), (meeting, now)
 
     def test_next_boundary(self) -> None:
         """next_boundary is the earliest window edge strictly after now."""

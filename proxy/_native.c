@@ -1,4 +1,8 @@
-/* StrIndex: an immutable map of str keys, laid out so that a lookup touches one cache line.
+/* The gate's native parts: what a decision reads on a large restriction set, laid out so that it
+ * touches as few cache lines as possible. proxy/native.py falls back to Python equivalents where
+ * this module was not built.
+ *
+ * StrIndex: an immutable map of str keys, laid out so that a lookup touches one cache line.
  *
  * The gate looks every joining participant's meeting id up among the exact ids that restrictions
  * name. With tens of thousands of ids, a dict lookup is two or three cache misses: a slot of its
@@ -9,11 +13,16 @@
  *
  * Keys are compared by their canonical representation (CPython stores a str in the narrowest
  * of its three widths, so equal strings have equal width, length and bytes); keys too long to be
- * inline are compared as objects. The map is built once and never changes. proxy/strindex.py
- * falls back to a dict where this module was not built.
+ * inline are compared as objects. The map is built once and never changes.
+ *
+ * Schedule: which value holds at a time, for a table entry of restrictions with a window. The
+ * window edges are kept as doubles next to the values, in one object, so an entry is read from
+ * one place instead of from every match, restriction and window bound (each a separate object).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -367,22 +376,225 @@ static PyType_Slot strindex_type_slots[] = {
 };
 
 static PyType_Spec strindex_spec = {
-    .name = "proxy._strindex.StrIndex",
+    .name = "proxy._native.StrIndex",
     .basicsize = sizeof(StrIndex),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = strindex_type_slots,
 };
 
-static int
-module_exec(PyObject *module)
+/* -- Schedule ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_VAR_HEAD   /* ob_size: the number of bounds */
+    PyObject *unordered; /* the value for a time that compares with nothing (NaN) */
+    PyObject **values;   /* ob_size + 1 values, after the bounds */
+    double bounds[1];    /* ascending */
+} Schedule;
+
+static PyObject *
+schedule_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, &strindex_spec, NULL);
+    PyObject *bounds_arg, *values_arg, *unordered;
+    static char *names[] = {"bounds", "values", "unordered", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:Schedule", names, &bounds_arg,
+                                     &values_arg, &unordered)) {
+        return NULL;
+    }
+    PyObject *bounds = PySequence_Tuple(bounds_arg);
+    if (bounds == NULL) {
+        return NULL;
+    }
+    PyObject *values = PySequence_Tuple(values_arg);
+    if (values == NULL) {
+        Py_DECREF(bounds);
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(bounds);
+    Schedule *self = NULL;
+    if (PyTuple_GET_SIZE(values) != n + 1) {
+        PyErr_Format(PyExc_ValueError, "Schedule: %zd values for %zd bounds (expected %zd)",
+                     PyTuple_GET_SIZE(values), n, n + 1);
+        goto done;
+    }
+    /* bounds, then values, after the fixed part: one allocation (itemsize 1 byte). */
+    Py_ssize_t extra = n * (Py_ssize_t)sizeof(double) + (n + 1) * (Py_ssize_t)sizeof(PyObject *);
+    self = (Schedule *)type->tp_alloc(type, extra);
+    if (self == NULL) {
+        goto done;
+    }
+    Py_SET_SIZE(self, n);
+    self->values = (PyObject **)((char *)self->bounds + n * sizeof(double));
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        self->values[i] = NULL;
+    }
+    self->unordered = Py_NewRef(unordered);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double bound = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
+        if (bound == -1.0 && PyErr_Occurred()) {
+            Py_CLEAR(self);
+            goto done;
+        }
+        if (isnan(bound) || (i > 0 && !(self->bounds[i - 1] < bound))) {
+            PyErr_Format(PyExc_ValueError, "Schedule: bounds %R are not strictly ascending",
+                         bounds);
+            Py_CLEAR(self);
+            goto done;
+        }
+        self->bounds[i] = bound;
+    }
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        self->values[i] = Py_NewRef(PyTuple_GET_ITEM(values, i));
+    }
+done:
+    Py_DECREF(bounds);
+    Py_DECREF(values);
+    return (PyObject *)self;
+}
+
+static int
+schedule_clear(Schedule *self)
+{
+    Py_CLEAR(self->unordered);
+    if (self->values != NULL) {
+        for (Py_ssize_t i = 0; i <= Py_SIZE(self); i++) {
+            Py_CLEAR(self->values[i]);
+        }
+    }
+    return 0;
+}
+
+static int
+schedule_traverse(Schedule *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->unordered);
+    if (self->values != NULL) {
+        for (Py_ssize_t i = 0; i <= Py_SIZE(self); i++) {
+            Py_VISIT(self->values[i]);
+        }
+    }
+    return 0;
+}
+
+static void
+schedule_dealloc(Schedule *self)
+{
+    PyObject_GC_UnTrack(self);
+    schedule_clear(self);
+    PyTypeObject *type = Py_TYPE(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static PyObject *
+schedule_at(Schedule *self, PyObject *arg)
+{
+    double now;
+    if (PyFloat_CheckExact(arg)) {
+        now = PyFloat_AS_DOUBLE(arg);
+    }
+    else {
+        now = PyFloat_AsDouble(arg);
+        if (now == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (isnan(now)) {
+        return Py_NewRef(self->unordered);
+    }
+    /* The number of bounds <= now (bisect_right): few bounds, so a scan. */
+    Py_ssize_t i = 0, n = Py_SIZE(self);
+    while (i < n && self->bounds[i] <= now) {
+        i++;
+    }
+    return Py_NewRef(self->values[i]);
+}
+
+static PyObject *
+schedule_bounds(Schedule *self, void *Py_UNUSED(closure))
+{
+    PyObject *tuple = PyTuple_New(Py_SIZE(self));
+    for (Py_ssize_t i = 0; tuple != NULL && i < Py_SIZE(self); i++) {
+        PyObject *bound = PyFloat_FromDouble(self->bounds[i]);
+        if (bound == NULL) {
+            Py_CLEAR(tuple);
+            break;
+        }
+        PyTuple_SET_ITEM(tuple, i, bound);
+    }
+    return tuple;
+}
+
+static PyObject *
+schedule_values(Schedule *self, void *Py_UNUSED(closure))
+{
+    PyObject *tuple = PyTuple_New(Py_SIZE(self) + 1);
+    for (Py_ssize_t i = 0; tuple != NULL && i <= Py_SIZE(self); i++) {
+        PyTuple_SET_ITEM(tuple, i, Py_NewRef(self->values[i]));
+    }
+    return tuple;
+}
+
+static PyObject *
+schedule_unordered(Schedule *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->unordered);
+}
+
+static PyMethodDef schedule_methods[] = {
+    {"at", (PyCFunction)schedule_at, METH_O,
+     "at(now): the value that holds at now: values[i] where i bounds are <= now "
+     "(unordered for NaN)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef schedule_getset[] = {
+    {"bounds", (getter)schedule_bounds, NULL, "The bounds, ascending.", NULL},
+    {"values", (getter)schedule_values, NULL, "The values, one more than the bounds.", NULL},
+    {"unordered", (getter)schedule_unordered, NULL, "The value for NaN.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot schedule_type_slots[] = {
+    {Py_tp_doc, "Schedule(bounds, values, unordered): which value holds at a time; values has "
+                "one more item than bounds (strictly ascending), unordered is for NaN."},
+    {Py_tp_new, schedule_new},
+    {Py_tp_dealloc, schedule_dealloc},
+    {Py_tp_traverse, schedule_traverse},
+    {Py_tp_clear, schedule_clear},
+    {Py_tp_methods, schedule_methods},
+    {Py_tp_getset, schedule_getset},
+    {0, NULL},
+};
+
+static PyType_Spec schedule_spec = {
+    .name = "proxy._native.Schedule",
+    .basicsize = offsetof(Schedule, bounds),
+    .itemsize = 1,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = schedule_type_slots,
+};
+
+/* -- module --------------------------------------------------------------------------------- */
+
+static int
+add_type(PyObject *module, PyType_Spec *spec, const char *name)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
     if (type == NULL) {
         return -1;
     }
-    int result = PyModule_AddObjectRef(module, "StrIndex", type);
+    int result = PyModule_AddObjectRef(module, name, type);
     Py_DECREF(type);
     return result;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    if (add_type(module, &strindex_spec, "StrIndex") < 0) {
+        return -1;
+    }
+    return add_type(module, &schedule_spec, "Schedule");
 }
 
 static PyModuleDef_Slot module_slots[] = {
@@ -392,14 +604,14 @@ static PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "proxy._strindex",
-    .m_doc = "StrIndex: an immutable str-keyed map, one cache line per lookup.",
+    .m_name = "proxy._native",
+    .m_doc = "The gate's native parts: StrIndex (meeting ids) and Schedule (windows).",
     .m_size = 0,
     .m_slots = module_slots,
 };
 
 PyMODINIT_FUNC
-PyInit__strindex(void)
+PyInit__native(void)
 {
     return PyModuleDef_Init(&module_def);
 }
