@@ -174,7 +174,9 @@ class _Candidates(dict[str, _Hits]):
     __slots__ = ("allow", "anonymous", "complete", "unknown")
 
     # (allowed regions, entry) per allow-mode restriction
-    allow: tuple[tuple[frozenset[str], _Hits], ...]
+    # (allowed regions, entry) per allow-mode restriction; the regions in a tuple, one object to
+    # read where a frozenset spans several cache lines
+    allow: tuple[tuple[tuple[str, ...], _Hits], ...]
     unknown: _Hits
     anonymous: _Hits
     # An exact meeting id's table that also holds every glob naming that id.
@@ -677,7 +679,7 @@ class _Shared:
 def _compile(named: Iterable[Restriction], complete: bool, shared: _Shared) -> _Candidates:
     """Index the restrictions that name one meeting, with the Match each rule gives."""
     by_region: dict[str, list[Match]] = {}
-    allow: list[tuple[frozenset[str], _Hits]] = []
+    allow: list[tuple[tuple[str, ...], _Hits]] = []
     unknown: list[Match] = []
     anonymous: list[Match] = []
     for r in named:
@@ -686,7 +688,8 @@ def _compile(named: Iterable[Restriction], complete: bool, shared: _Shared) -> _
             for region in r.regions:
                 by_region.setdefault(region, []).append(region_match)
         else:
-            allow.append((r.regions, shared.hits([shared.match(r, MatchReason.OUTSIDE_ALLOWED)])))
+            hits = shared.hits([shared.match(r, MatchReason.OUTSIDE_ALLOWED)])
+            allow.append((tuple(sorted(r.regions)), hits))
         if r.unknown is Treatment.DENY:
             unknown.append(shared.match(r, MatchReason.UNKNOWN))
         if r.anonymous is Treatment.DENY:
