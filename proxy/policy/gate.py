@@ -173,7 +173,6 @@ class _Candidates(dict[str, _Hits]):
 
     __slots__ = ("allow", "anonymous", "complete", "unknown")
 
-    # (allowed regions, entry) per allow-mode restriction
     # (allowed regions, entry) per allow-mode restriction; the regions in a tuple, one object to
     # read where a frozenset spans several cache lines
     allow: tuple[tuple[tuple[str, ...], _Hits], ...]
