@@ -28,6 +28,13 @@
 
 #define INLINE_BYTES 36
 
+/* Strings are always ready from Python 3.12 on, where PyUnicode_READY is deprecated. */
+#if PY_VERSION_HEX >= 0x030C0000
+#define READY(op) 0
+#else
+#define READY(op) PyUnicode_READY(op)
+#endif
+
 typedef struct {
     Py_hash_t hash;
     PyObject *key;   /* strong reference */
@@ -95,7 +102,7 @@ find(StrIndex *self, PyObject *key, Py_hash_t hash)
 static Slot *
 lookup(StrIndex *self, PyObject *key)
 {
-    if (!PyUnicode_Check(key) || PyUnicode_READY(key) < 0) {
+    if (!PyUnicode_Check(key) || READY(key) < 0) {
         return NULL;
     }
     /* The str hash of the text, also for a subclass that defines its own __hash__. */
@@ -105,7 +112,7 @@ lookup(StrIndex *self, PyObject *key)
 static int
 insert(StrIndex *self, PyObject *key, PyObject *value)
 {
-    if (PyUnicode_READY(key) < 0) {
+    if (READY(key) < 0) {
         return -1;
     }
     Py_hash_t hash = PyUnicode_Type.tp_hash(key);
@@ -348,7 +355,19 @@ strindex_iter(StrIndex *self)
     return iterator;
 }
 
+static PyObject *
+strindex_sizeof(StrIndex *self, PyObject *Py_UNUSED(ignored))
+{
+    size_t size = (size_t)Py_TYPE(self)->tp_basicsize;
+    if (self->slots != NULL) {
+        size += (self->mask + 1) * (sizeof(Slot) + 1); /* slots and control bytes */
+    }
+    return PyLong_FromSize_t(size);
+}
+
 static PyMethodDef strindex_methods[] = {
+    {"__sizeof__", (PyCFunction)strindex_sizeof, METH_NOARGS,
+     "Size in memory in bytes, with the slots and control bytes (not the keys and values)."},
     {"get", (PyCFunction)(void (*)(void))strindex_get, METH_FASTCALL,
      "get(key, default=None): the value of key, or default."},
     {"keys", (PyCFunction)strindex_keys, METH_NOARGS,
@@ -540,7 +559,17 @@ schedule_unordered(Schedule *self, void *Py_UNUSED(closure))
     return Py_NewRef(self->unordered);
 }
 
+static PyObject *
+schedule_sizeof(Schedule *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = Py_SIZE(self);
+    return PyLong_FromSsize_t(Py_TYPE(self)->tp_basicsize + n * (Py_ssize_t)sizeof(double)
+                              + (n + 1) * (Py_ssize_t)sizeof(PyObject *));
+}
+
 static PyMethodDef schedule_methods[] = {
+    {"__sizeof__", (PyCFunction)schedule_sizeof, METH_NOARGS,
+     "Size in memory in bytes (not the values)."},
     {"at", (PyCFunction)schedule_at, METH_O,
      "at(now): the value that holds at now: values[i] where i bounds are <= now "
      "(unordered for NaN)."},

@@ -127,6 +127,12 @@ class TestStrIndex:
         del got, index
         assert (sys.getrefcount(key), sys.getrefcount(value)) == before
 
+    def test_size_counts_the_slots(self) -> None:
+        """sys.getsizeof reports the slots (64 bytes each) and control bytes it allocated."""
+        small = sys.getsizeof(parts.StrIndex({}))
+        big = sys.getsizeof(parts.StrIndex({f"m-{i}": i for i in range(1000)}))
+        assert big - small >= 1000 * 65
+
     def test_cycles_through_values_are_collected(self) -> None:
         """A value that refers back to its index does not leak: the collector sees through it."""
 
@@ -236,6 +242,11 @@ class TestSchedule:
         del entry
         gc.collect()
         assert gone() is None
+
+    def test_size_counts_bounds_and_values(self) -> None:
+        one = sys.getsizeof(parts.Schedule([], [None], None))
+        three = sys.getsizeof(parts.Schedule([1.0, 2.0, 3.0], [None] * 4, None))
+        assert three - one == 3 * 8 + 3 * 8
 
     def test_a_failed_build_releases_what_it_took(self) -> None:
         value = object()
