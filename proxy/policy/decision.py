@@ -20,12 +20,13 @@ the gate, whose values hold them by construction, builds them with ``tuple.__new
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from proxy.policy.regions import Location
 from proxy.policy.restrictions import Enforcement, MatchReason, Restriction
 
-__all__ = ["Decision", "Match", "MatchReason", "Verdict"]
+__all__ = ["Decision", "Match", "MatchReason", "Verdict", "first_enforced"]
 
 
 class Match(NamedTuple):
@@ -154,18 +155,25 @@ class Decision(_DecisionFields):
         return tuple(m for m in self.matches if not m.enforced)
 
 
+def first_enforced(matches: Iterable[Match]) -> Restriction | None:
+    """The restriction of the first enforced match: the one that denies; None when none is."""
+    for match in matches:
+        restriction = match.restriction
+        if restriction.enforcement is Enforcement.ENFORCE:
+            return restriction
+    return None
+
+
 def _check(matches: tuple[Match, ...], denied_by: Restriction | None) -> None:
     """Raise ValueError unless ids are distinct and sorted and denied_by is the first enforced."""
     previous = ""
-    first = None
     for match in matches:
-        restriction = match.restriction
-        if restriction.id <= previous:
+        restriction_id = match.restriction.id
+        if restriction_id <= previous:
             ids = [m.restriction.id for m in matches]
             raise ValueError(f"matches: {ids!r} are not sorted by distinct restriction id")
-        previous = restriction.id
-        if first is None and restriction.enforcement is Enforcement.ENFORCE:
-            first = restriction
+        previous = restriction_id
+    first = first_enforced(matches)
     if denied_by is not first and denied_by != first:
         given = None if denied_by is None else denied_by.id
         expected = None if first is None else first.id

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TypeAlias, TypeVar, cast
 
 from proxy.native import PySchedule, Schedule, index_of, schedule_of
-from proxy.policy.decision import ADMIT, Decision, Match, MatchReason, Verdict
+from proxy.policy.decision import ADMIT, Decision, Match, MatchReason, Verdict, first_enforced
 from proxy.policy.regions import Location, covered_by, location_keys
 from proxy.policy.restrictions import (
     Address,
@@ -77,7 +77,6 @@ _FOLD_PATTERNS = 16
 # constructor's checks, which cost more than the rest of a decision without matches.
 _new = tuple.__new__
 _V = TypeVar("_V")
-_ENFORCE = Enforcement.ENFORCE
 
 
 def _network_key(network: Network) -> tuple[int, int, int]:
@@ -180,7 +179,6 @@ class _Candidates(dict[str, _Hits]):
     anonymous: _Hits
     # An exact meeting id's table that also holds every glob naming that id.
     complete: bool
-
 
 
 class RestrictionSet:
@@ -403,19 +401,16 @@ class RestrictionSet:
             return _new(Decision, (meeting, location, ADMIT, self._version))
         if isinstance(found, Verdict):
             return _new(Decision, (meeting, location, found, self._version))
-        if len(found) == 1:
-            restriction = found[0].restriction
-            denied_by = restriction if restriction.enforcement is _ENFORCE else None
-            verdict = _new(Verdict, (found, denied_by))
-            return _new(Decision, (meeting, location, verdict, self._version))
         # A restriction can match more than once (named through several patterns, or barring a
         # location by region and as anonymous): its first match counts, so the reasons keep
         # their order (see proxy.policy.decision).
-        if len(found) == 2:  # most decisions with several matches: no dict, no sort
+        if len(found) == 1:
+            matches: tuple[Match, ...] = found
+        elif len(found) == 2:  # most decisions with several matches: no dict, no sort
             first, second = found
             a, b = first.restriction, second.restriction
             if a is b:
-                matches: tuple[Match, ...] = (first,)
+                matches = (first,)
             elif a.id < b.id:
                 matches = found
             else:
@@ -423,12 +418,7 @@ class RestrictionSet:
         else:
             by_id = {m.restriction.id: m for m in reversed(found)}
             matches = tuple(by_id[key] for key in sorted(by_id))
-        denied_by = None
-        for m in matches:
-            if m.restriction.enforcement is _ENFORCE:
-                denied_by = m.restriction
-                break
-        verdict = _new(Verdict, (matches, denied_by))
+        verdict = _new(Verdict, (matches, first_enforced(matches)))
         return _new(Decision, (meeting, location, verdict, self._version))
 
     def scopes(self, meeting: str) -> bool:
@@ -604,10 +594,7 @@ def _collect(found: _Found, hits: _Hits, address: Address | None, now: float) ->
         for match in cast("tuple[Match, ...]", hits):  # not a Verdict, which mypy cannot tell
             r = match.restriction
             if r.in_force(now) and not (r.exempt and address_exempt(address, r.exempt)):
-                if found is None:
-                    found = (match,)
-                else:
-                    found = (*(found.matches if isinstance(found, Verdict) else found), match)
+                found = (*_so_far(found), match)
         return found
     else:  # a schedule: the verdict at this time, if any is in force
         scheduled = hits.at(now)
@@ -616,7 +603,14 @@ def _collect(found: _Found, hits: _Hits, address: Address | None, now: float) ->
         verdict = scheduled
     if found is None:
         return verdict
-    return (*(found.matches if isinstance(found, Verdict) else found), *verdict.matches)
+    return (*_so_far(found), *verdict.matches)
+
+
+def _so_far(found: _Found) -> tuple[Match, ...]:
+    """The matches found so far, as a tuple to add to."""
+    if found is None:
+        return ()
+    return found.matches if isinstance(found, Verdict) else found
 
 
 class _Shared:
@@ -670,8 +664,7 @@ class _Shared:
         key = tuple(map(id, matches))
         verdict = self._verdicts.get(key)
         if verdict is None:
-            denied_by = next((m.restriction for m in matches if m.enforced), None)
-            verdict = self._verdicts[key] = Verdict(tuple(matches), denied_by)
+            verdict = self._verdicts[key] = Verdict(tuple(matches), first_enforced(matches))
         return verdict
 
 
