@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["FileSignature", "file_signature", "file_signature_or_none"]
+__all__ = ["FileSignature", "file_signature", "file_signature_or_none", "file_signatures"]
 
 FileSignature = tuple[int, int, int]
 """Modification time (ns), size and inode: a file rewritten in place or replaced by a rename
@@ -30,3 +30,8 @@ def file_signature_or_none(path: Path | None) -> FileSignature | None:
         return file_signature(path)
     except OSError:
         return None
+
+
+def file_signatures(*paths: Path | None) -> tuple[FileSignature | None, ...]:
+    """The signatures of several files (see ``file_signature_or_none``), compared as one."""
+    return tuple(file_signature_or_none(path) for path in paths)

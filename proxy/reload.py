@@ -28,7 +28,7 @@ from typing import Any
 
 from proxy.config import Snapshot, load_snapshot
 from proxy.errors import ConfigError
-from proxy.files import file_signature_or_none
+from proxy.files import file_signatures
 from proxy.geo import GeoResolver
 from proxy.policy.gate import BarredPair
 from proxy.sessions import Session
@@ -130,8 +130,7 @@ class Reloader:
 
     def _file_signatures(self) -> tuple[object, ...]:
         config = self.state.config
-        return (file_signature_or_none(self.config_path),
-                file_signature_or_none(config.restrictions.path))
+        return file_signatures(self.config_path, config.restrictions.path)
 
     async def _watch_files(self) -> None:
         while True:

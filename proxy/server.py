@@ -29,7 +29,6 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,7 +48,7 @@ from proxy.errors import (
     ShuttingDown,
     UpstreamUnavailable,
 )
-from proxy.files import FileSignature, file_signature_or_none
+from proxy.files import FileSignature, file_signatures
 from proxy.frames import MessageAssembler, Opcode, apply_mask, parse_header
 from proxy.geo import GeoResolver, GeoResult, TrustedNetworks, client_address
 from proxy.handshake import (
@@ -799,7 +798,7 @@ class Server:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(listen.tls_cert, listen.tls_key)
-        self._ssl_seen = _signatures(listen.tls_cert, listen.tls_key)
+        self._ssl_seen = file_signatures(listen.tls_cert, listen.tls_key)
         return context
 
     async def start(self) -> None:
@@ -822,7 +821,7 @@ class Server:
         """Reload the TLS certificate when its files changed (a bad file leaves the old one)."""
         listen = self.state.config.listen
         if self._ssl is not None and listen.tls_cert and listen.tls_key:
-            seen = _signatures(listen.tls_cert, listen.tls_key)
+            seen = file_signatures(listen.tls_cert, listen.tls_key)
             if seen != self._ssl_seen:
                 self._ssl_seen = seen  # a broken file is reported once, not on every check
                 try:
@@ -888,7 +887,3 @@ class Server:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close(drain_period=0, timeout=1.0)
-
-
-def _signatures(*paths: Path | None) -> tuple[FileSignature | None, ...]:
-    return tuple(file_signature_or_none(path) for path in paths)
