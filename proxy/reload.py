@@ -270,11 +270,12 @@ class Reloader:
                 if index and index % batch == 0:
                     await asyncio.sleep(0)
                 release()
-        finally:
+        except BaseException:
             # Interrupted (cancelled on shutdown, a bug): the leaves still go, all at once, so
             # no upstream leg is left to the close timeout. A leave already sent is not resent.
             for release in held:
                 release()
+            raise
         rechecked, evicted, would, last_eviction = counts
         return ReloadOutcome(True, trigger, str(state.snapshot.version), rechecked=rechecked,
                              evicted=evicted, would_evict=would,
