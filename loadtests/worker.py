@@ -7,11 +7,13 @@ at their times on one uvloop event loop, sending a progress line every half seco
 end it closes what is still open and sends a :class:`~loadtests.records.WorkerReport` back.
 
 Each participant is an :class:`Actor` that takes its events in time order. An event that comes
-due while the participant's join is in flight waits for the answer, so a replayed trace keeps
-its order even when the target answers more slowly than when it was recorded. Events that no
-longer apply are skipped and not recorded: a signal, drop or leave when the participant is not
-admitted, a join when it already is, a rejoin after anything but a drop. A failed join (not a
-denial) is retried with exponential backoff when the scenario allows retries.
+due while the participant's join is in flight waits for the answer, and one that comes due while
+its connection is ending (dropped, left or closed, not yet gone) waits until it is gone, so a
+replayed trace keeps its order even when the target answers, or the generator runs, more slowly
+than when it was recorded. Events that no longer apply are skipped and not recorded: a signal,
+drop or leave when the participant is not admitted, a join when it already is, a rejoin after
+anything but a drop. A failed join (not a denial) is retried with exponential backoff when the
+scenario allows retries.
 
 Start lag (actual start minus planned start of each planned join) is recorded, so the report
 can say when the generator could not keep the requested arrival rate. The cyclic garbage
@@ -115,15 +117,21 @@ class Actor:
         self.epoch = 0
         self.last_end: End | None = None
         self.failures = 0
-        self.waiting = False  # an event is due but the join is in flight
+        self.waiting = False  # an event is due but the actor is busy
         self.attempts = 0
         self.queued: float | None = None  # the time of this actor's entry in the heap
 
     @property
     def busy(self) -> bool:
-        """Whether a join is in flight (due events wait for its answer)."""
+        """Whether due events must wait: a join is in flight, or the connection is ending.
+
+        A connection that was dropped, left or closed by the server is ended when its transport
+        reports it lost, on a later loop iteration. Until then a rejoin would find it still
+        there and a signal would find it still admitted, so whether they ran would depend on
+        the generator's lag; they wait instead, and a replayed trace plays out the same.
+        """
         conn = self.conn
-        return conn is not None and not conn.settled
+        return conn is not None and (not conn.settled or conn.end is not None)
 
     def next_time(self) -> float | None:
         """When the next event is due, or None when none is left."""
