@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from proxy.config import load_snapshot
 from proxy.demo_upstream import DemoUpstream, EventKind
 from proxy.geoip_build import build_from_csv
@@ -259,3 +261,64 @@ async def test_join_admitted_while_connecting_is_decided_again(proxies: ProxyFac
     slow.close()
     for task in tasks:
         task.cancel()
+
+
+async def test_an_interrupted_eviction_wave_still_sends_the_leaves_it_held(
+        proxies: ProxyFactory, upstream: DemoUpstream) -> None:
+    """A wave cancelled half-way through its first pass (a shutdown, a bug) still sends upstream
+    the leave of everyone it had evicted, before their close, and evicts nobody more."""
+    server = await proxies.start(upstream.url, UNRELATED, {"reload": {"eviction_batch": 1}})
+    path = server.state.config.restrictions.path
+    crowd = Crowd(server.url, MEETINGS, 200)
+    await crowd.join_all()
+    barred = crowd.where(meeting="town-a", region="CN")
+    real = server.reloader.observer
+    evictions = 0
+
+    class Interrupting:
+        """The server's observer, which cancels the wave at its fifth eviction."""
+
+        def evicted(self, restriction_id: str, latency: float) -> None:
+            nonlocal evictions
+            real.evicted(restriction_id, latency)
+            evictions += 1
+            if evictions == 5:
+                wave.cancel()  # raised at the wave's next batch boundary
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    server.reloader.observer = Interrupting()
+    rewrite(path, UNRELATED + CN_A)
+    wave = asyncio.ensure_future(server.reloader.reload("admin"))
+    with pytest.raises(asyncio.CancelledError):
+        await wave
+    assert evictions == 5
+
+    def leaves() -> list[str]:
+        return [e.participant or "" for e in upstream.events if e.kind == EventKind.LEAVE]
+
+    async with asyncio.timeout(TIMEOUT):
+        while len(leaves()) < 5:
+            await asyncio.sleep(0.01)
+    gone = sorted(leaves())
+    assert len(gone) == 5 and set(gone) <= {m.name for m in barred}
+    # Each leave came before its upstream leg closed: a leg closed without its leave would
+    # be recorded as a close of a participant still in the meeting.
+    assert not [e for e in upstream.events
+                if e.kind == EventKind.CLOSE and e.participant in gone]
+    for member in barred:
+        if member.name in gone:
+            await asyncio.wait_for(member.closed.wait(), TIMEOUT)
+            assert member.close == (4451, "location restriction cn-a"), member
+    # The rest of the barred are still in the meeting: their echo comes back.
+    staying = [m for m in barred if m.name not in gone]
+    for member in staying:
+        assert member.ws is not None
+        await member.ws.send('{"type":"echo","n":5}')
+    for member in staying:
+        async with asyncio.timeout(TIMEOUT):
+            while not any(m.get("type") == "echo" for m in member.messages):
+                await asyncio.sleep(0.01)
+        assert member.close is None, member
+    await crowd.close()
