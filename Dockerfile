@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GEOGATE_CONFIG=/etc/geogate/geogate.toml
 
 WORKDIR /opt/geogate
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 COPY loadtests ./loadtests
 # The C compiler builds the gate's native parts (proxy/_native.c) and is then removed.

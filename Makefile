@@ -1,6 +1,6 @@
 # geogate: `make run` starts the proxy on its embedded default, `make test` runs the whole suite.
-# Both create .venv from pyproject.toml when it is missing or older than pyproject.toml or the
-# C source of the gate's native parts (proxy/_native.c), which the install compiles.
+# Both create .venv from pyproject.toml when it is missing or older than pyproject.toml, setup.py
+# or the C source of the gate's native parts (proxy/_native.c), which the install compiles.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -18,7 +18,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml proxy/_native.c
+$(STAMP): pyproject.toml setup.py proxy/_native.c
 	@test -n "$(PYTHON)" || { echo "geogate needs Python 3.11 or later on PATH" >&2; exit 1; }
 	@# Debian's python3 ships venv and pip as separate packages; the gate's C index needs a
 	@# compiler and Python's headers (without them it installs, slower, on its dict fallback).
