@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from hypothesis import settings
 
 from proxy.demo_upstream import DemoUpstream
 from tests.helpers.proxy import ProxyFactory, demo_database
+
+# No per-example deadline for property tests. The machine is shared and noisy: one slow example
+# (a busy core, a collection) would fail a test by hypothesis's default of 200 ms. A property
+# test that hangs is still caught by the suite's time.
+settings.register_profile("geogate", deadline=None)
+settings.load_profile("geogate")
 
 
 @pytest.fixture(scope="session")
