@@ -93,7 +93,7 @@ class TestMostSpecificWins:
         second = build_db(tmp_path / "b", list(reversed(NESTED)))
         assert first.read_bytes() == second.read_bytes()
 
-    @settings(max_examples=25, deadline=None)
+    @settings(max_examples=25)
     @given(
         st.lists(
             st.tuples(st.integers(0, 2**16 - 1), st.integers(8, 24)),

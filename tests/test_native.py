@@ -147,7 +147,7 @@ class TestStrIndex:
         assert gone() is None
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(keys=st.sets(st.text(max_size=50), max_size=300),
        probes=st.lists(st.text(max_size=50), max_size=50))
 def test_any_keys_agree_with_a_dict(keys: set[str], probes: list[str]) -> None:
@@ -208,7 +208,7 @@ def test_schedule_is_immutable(native: bool) -> None:
         schedule.bounds = ()  # type: ignore[misc]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(bounds=st.sets(st.floats(allow_nan=False), max_size=8),
        times=st.lists(st.floats(allow_nan=True), max_size=30))
 def test_the_c_schedule_agrees_with_the_python_one(bounds: set[float], times: list[float]) -> None:

@@ -47,8 +47,8 @@ TIMES = [0.0, 10.0, 20.0, 30.0]
 
 # The oracle test carries the index's correctness and gets the most examples; the whole file
 # should stay within a few seconds on a slow machine.
-ORACLE = settings(max_examples=120, deadline=None)
-EXAMPLES = settings(max_examples=40, deadline=None)
+ORACLE = settings(max_examples=120)
+EXAMPLES = settings(max_examples=40)
 
 
 @st.composite
