@@ -20,8 +20,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py proxy/_native.c
 	@test -n "$(PYTHON)" || { echo "geogate needs Python 3.11 or later on PATH" >&2; exit 1; }
-	@# Debian's python3 ships venv and pip as separate packages; the gate's C index needs a
-	@# compiler and Python's headers (without them it installs, slower, on its dict fallback).
+	@# Debian's python3 ships venv and pip as separate packages; the gate's C parts need a
+	@# compiler and Python's headers (without them it installs, slower, on their Python fallbacks).
 	@$(PYTHON) -c 'import ensurepip, venv, sysconfig, os, shutil, sys; \
 		sys.exit(not (shutil.which("cc") and os.path.exists(os.path.join( \
 		sysconfig.get_paths()["include"], "Python.h"))))' 2>/dev/null || { \
